@@ -20,13 +20,26 @@ from typing import Any
 
 from planner.data import cache
 from planner.data.encode import ExactCounter
-from planner.data.loaders import Item, Scan, Source, item_sample, iter_items, iter_samples, resolve_sources
+from planner.data.loaders import (
+    Block,
+    Item,
+    Scan,
+    Source,
+    block_items,
+    empty_error,
+    item_sample,
+    iter_items,
+    iter_samples,
+    iter_units,
+    resolve_sources,
+)
 from planner.data.pipeline import Prepared, prepare, template_identity
 from planner.data.stats import DataStats, compute_stats
 from planner.errors import UserError
 from planner.model_spec import ModelSpec
 
 BATCH = 1024  # samples per batch: per-call overhead is amortized, memory stays small
+BLOCK_BYTES = 1 << 20  # JSON Lines handed to a worker at a time (~1,000 alpaca records)
 
 
 @dataclass(frozen=True)
@@ -99,18 +112,24 @@ def analyze(request: DataRequest, model: ModelSpec, *, progress: bool = True) ->
     bar = _LazyProgress(progress)
     size = sum(s.path.stat().st_size for s in sources)
     workers = _workers_for(size, request)
-    items = iter_items(sources, sample=request.sample, seed=request.seed, scan=scan, raw=workers > 0)
-    batches = _batches(items, BATCH)
-    counted = _in_workers(prep, batches, workers) if workers else (_work(prep, b) for b in batches)
+    if workers and not request.sample:  # JSON Lines are read by the workers themselves
+        counted = _in_workers(prep, iter_units(sources, batch=BATCH, block_bytes=BLOCK_BYTES), workers)
+    else:
+        batches = _batches(iter_items(sources, sample=request.sample, seed=request.seed, scan=scan,
+                                      raw=workers > 0), BATCH)
+        counted = _in_workers(prep, batches, workers) if workers else (_work(prep, b) for b in batches)
     try:
         for results in counted:
             for total, response in results:
                 lengths.append(total)
                 totals["response"] += response
                 totals["prompt"] += total - response
-            bar.update(len(lengths), scan.records)
+            bar.update(len(lengths), max(scan.records, len(lengths)))
     finally:
         bar.stop()
+    if not lengths:
+        raise empty_error(sources)
+    scan.records = max(scan.records, len(lengths))  # every record was tokenized unless --sample
     meta = {"samples": scan.records, "prompt": totals["prompt"], "response": totals["response"]}
     if key:
         cache.store(key, array("I", sorted(lengths)), meta)
@@ -136,9 +155,10 @@ def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
         yield batch
 
 
-def _work(prep: Prepared, batch: list[Item]) -> list[tuple[int, int]]:
-    """Convert, render and count one batch: the whole per-sample pipeline."""
-    return prep.counter.count([prep.render(item_sample(item)) for item in batch])
+def _work(prep: Prepared, batch: list[Item] | Block) -> list[tuple[int, int]]:
+    """Read (a block), convert, render and count one batch: the whole per-sample pipeline."""
+    items = block_items(batch) if isinstance(batch, Block) else batch
+    return prep.counter.count([prep.render(item_sample(item)) for item in items])
 
 
 WORKER_MIN_BYTES = 16 << 20  # below this, starting processes costs more than it saves
@@ -154,15 +174,15 @@ def _workers_for(size_bytes: int, request: DataRequest) -> int:
     return min(cores, 4) if work >= WORKER_MIN_BYTES else 0
 
 
-def _worker(batch: list[Item]) -> tuple[str, Any]:
+def _worker(batch: list[Item] | Block) -> tuple[str, Any]:
     try:
         return "ok", _work(_WORKER_PREP, batch)
     except UserError as exc:  # sent back as values: the hint would not survive pickling
         return "error", (exc.message, exc.hint)
 
 
-def _in_workers(prep: Prepared, batches: Iterator[list[Item]], workers: int) -> Iterator[list[tuple[int, int]]]:
-    """Parse, render and count in forked processes while this one only reads: the per-sample work is
+def _in_workers(prep: Prepared, batches: Iterator[list[Item] | Block], workers: int) -> Iterator[list[tuple[int, int]]]:
+    """Read (JSON Lines blocks), parse, render and count in forked processes: the per-sample work is
     Python and spreads over the cores. Results come back in order."""
     global _WORKER_PREP
     _WORKER_PREP = prep  # inherited by the forks

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 # Split patterns of the tokenizers this path knows (verbatim from their tokenizer.json).
@@ -151,13 +152,28 @@ class FastCounter:
         self.nfc = (config.get("normalizer") or {}).get("type") == "NFC"
         added = sorted({t["content"] for t in config.get("added_tokens", [])}, key=len, reverse=True)
         self.split_added = re.compile("(" + "|".join(map(re.escape, added)) + ")").split if added else None
-        # bytes -> GPT-2's printable characters, in C: utf-8 bytes read as latin-1, then translated
+        # bytes -> GPT-2's printable characters, in C (ASCII text is its own UTF-8 and latin-1 reading)
         table = dict(enumerate(_byte_table()))
         tokenize = model.tokenize
-        self.pieces = _Counts(lambda p: len(tokenize(p.encode("utf-8").decode("latin-1").translate(table))))
-        pieces = self.pieces
-        self.first = _Counts(lambda w: sum(map(pieces.__getitem__, self.split(w))))
-        self.spaced = _Counts(lambda w: sum(map(pieces.__getitem__, self.split(" " + w))))
+
+        def tokens(piece: str) -> int:
+            if not piece.isascii():
+                piece = piece.encode("utf-8").decode("latin-1")
+            return len(tokenize(piece.translate(table)))
+
+        self.pieces = pieces = _Counts(tokens)
+        split = self.split
+
+        def word_tokens(word: str) -> int:
+            """Tokens of a word; letters alone (str.isalpha() is exactly \\p{L}), after at most one leading
+            space, are one piece under every known pattern, so they skip the regex and the piece cache."""
+            if word.isalpha() or (word[1:].isalpha() and word[0] == " "):
+                return tokens(word)
+            found = split(word)
+            return tokens(found[0]) if len(found) == 1 else sum(map(pieces.__getitem__, found))
+
+        self.first = _Counts(word_tokens)
+        self.spaced = _Counts(lambda w: word_tokens(" " + w))
         self.short = _Counts(self._full)
 
     def _plain(self, text: str) -> int:
@@ -181,13 +197,22 @@ class FastCounter:
             text = unicodedata.normalize("NFC", text)
         return sum(map(self.pieces.__getitem__, self.split(text)))
 
-    CACHE_WORDS = 1 << 20  # ~100 MB of memoized words per cache; beyond it start over (bounded memory)
+    CACHE_WORDS = 1 << 19  # memoized entries per cache (~50 MB); beyond it the cache is cut (bounded memory)
+
+    def _trim(self) -> None:
+        """Keep the first quarter of each full cache: words met first are mostly the frequent ones (a
+        rare word keeps arriving for the whole dataset), and re-counting them all would cost seconds."""
+        for cache in (self.spaced, self.pieces, self.first, self.short):
+            if len(cache) > self.CACHE_WORDS:
+                keep = list(islice(cache.items(), self.CACHE_WORDS // 4))
+                cache.clear()
+                cache.update(keep)
 
     def count_one(self, text: str, spans: list[tuple[int, int]]) -> tuple[int, int] | None:
         """(total, response) or None when a span edge may fall inside a piece (the caller then encodes)."""
-        if len(self.spaced) > self.CACHE_WORDS or len(self.pieces) > self.CACHE_WORDS:
-            self.spaced.clear()
-            self.pieces.clear()
+        limit = self.CACHE_WORDS
+        if len(self.spaced) > limit or len(self.pieces) > limit or len(self.short) > limit or len(self.first) > limit:
+            self._trim()
         parts = self.split_added(text) if self.split_added else [text]  # plain, added, plain, added, ...
         cuts = [e for span in spans for e in span if 0 < e < len(text)]
         plain = self._plain

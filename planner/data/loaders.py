@@ -16,7 +16,15 @@ from typing import Any, NamedTuple
 
 from planner.data.dataset_info import load_dataset_info
 from planner.data.formats import FORMATS, FormatSpec, Sample, detect_format, to_sample
-from planner.data.records import SUFFIXES, iter_raw_lines, iter_records, parse_json_line
+from planner.data.records import (
+    SUFFIXES,
+    is_json_lines,
+    iter_block_lines,
+    iter_raw_lines,
+    iter_records,
+    line_blocks,
+    parse_json_line,
+)
 from planner.errors import UserError
 
 
@@ -102,6 +110,46 @@ class Item(NamedTuple):
     spec: FormatSpec
 
 
+class Block(NamedTuple):
+    """Whole lines of a JSON Lines file, by byte range, for another process to read and convert."""
+
+    file: str
+    offset: int
+    length: int
+    line: int  # number of the first line
+    spec: FormatSpec
+
+
+def block_items(block: Block) -> Iterator[Item]:
+    for line, raw in iter_block_lines(block.file, block.offset, block.length, block.line):
+        yield Item(block.file, line, raw, block.spec)
+
+
+def iter_units(sources: list[Source], *, batch: int, block_bytes: int = 1 << 20) -> Iterator[Block | list[Item]]:
+    """The whole dataset as units of work for other processes: JSON Lines files as blocks of lines (this
+    process only finds line boundaries), other files as batches of records read here. Each file's format
+    is resolved from its first record. An empty dataset yields nothing (the caller says so)."""
+    for source in sources:
+        if is_json_lines(source.path):
+            spec = source.spec
+            if spec is None:
+                first = next(iter_raw_lines(source.path), None)
+                if first is None:
+                    continue
+                spec = _spec_for(parse_json_line(source.path, *first), source, first[0])
+            for offset, length, line in line_blocks(source.path, size=block_bytes):
+                yield Block(str(source.path), offset, length, line, spec)
+            continue
+        items: list[Item] = []
+        for item in _items(source, True):
+            items.append(item)
+            if len(items) >= batch:
+                yield items
+                items = []
+        if items:
+            yield items
+
+
 def item_sample(item: Item) -> Sample:
     record = parse_json_line(item.file, item.line, item.payload) if isinstance(item.payload, bytes) \
         else item.payload
@@ -125,7 +173,7 @@ def iter_items(sources: list[Source], *, sample: int | None = None, seed: int = 
                 scan.records += 1
                 yield item
         if scan.records == 0:
-            raise _empty(sources)
+            raise empty_error(sources)
         return
     rng = random.Random(seed)
     reservoir: list[tuple[int, Item]] = []
@@ -140,7 +188,7 @@ def iter_items(sources: list[Source], *, sample: int | None = None, seed: int = 
                 if j < sample:
                     reservoir[j] = (n, item)
     if scan.records == 0:
-        raise _empty(sources)
+        raise empty_error(sources)
     reservoir.sort(key=lambda t: t[0])
     for _, item in reservoir:
         yield item
@@ -162,7 +210,7 @@ def _spec_for(record: object, source: Source, line: int) -> FormatSpec:
     return detect_format(record, f"{source.path}:{line}")
 
 
-def _empty(sources: list[Source]) -> UserError:
+def empty_error(sources: list[Source]) -> UserError:
     names = ", ".join(str(s.path) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
     return UserError(f"the dataset is empty: no records in {names}.",
                      "Check the file (a JSON array, JSON Lines, CSV or parquet with at least one record).")

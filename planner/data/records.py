@@ -27,12 +27,10 @@ def iter_records(path: Path) -> Iterator[tuple[int, Any]]:
     if suffix == ".jsonl":
         yield from _iter_jsonl(path)
     elif suffix == ".json":
-        with open(path, "rb") as fb:
-            head = fb.read(4096).lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-        if head.startswith(b"["):
-            yield from _iter_json_array(path)
-        else:  # JSON Lines saved as .json (LLaMA-Factory accepts both)
+        if is_json_lines(path):  # JSON Lines saved as .json (LLaMA-Factory accepts both)
             yield from _iter_jsonl(path)
+        else:
+            yield from _iter_json_array(path)
     elif suffix == ".csv":
         yield from _iter_csv(path)
     elif suffix == ".parquet":
@@ -42,6 +40,53 @@ def iter_records(path: Path) -> Iterator[tuple[int, Any]]:
     else:
         raise UserError(f"{path}: unsupported file type {path.suffix!r}.",
                         f"Use one of {', '.join(SUFFIXES)}.")
+
+
+def is_json_lines(path: Path) -> bool:
+    """Whether the file holds one JSON record per line (`.jsonl`, or a `.json` that is not one array)."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return True
+    if suffix != ".json":
+        return False
+    with open(path, "rb") as fb:
+        head = fb.read(4096).lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    return not head.startswith(b"[")
+
+
+def line_blocks(path: Path, size: int = 4 << 20) -> Iterator[tuple[int, int, int]]:
+    """(byte offset, byte length, number of its first line) of consecutive blocks of whole lines, each
+    about `size` bytes (longer when one line is): another process reads a block with iter_block_lines."""
+    with open(path, "rb") as f:
+        offset, line = 0, 1
+        while True:
+            f.seek(offset)
+            data = f.read(size)
+            if not data:
+                return
+            cut = data.rfind(b"\n") + 1
+            while cut == 0:  # one line longer than the block: read on to its end
+                more = f.read(size)
+                if not more:
+                    cut = len(data)
+                    break
+                found = more.find(b"\n")
+                data += more
+                if found >= 0:
+                    cut = len(data) - len(more) + found + 1
+            yield offset, cut, line
+            line += data.count(b"\n", 0, cut)
+            offset += cut
+
+
+def iter_block_lines(path: Path | str, offset: int, length: int, first_line: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of the non-blank lines of one block from line_blocks."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    for number, raw in enumerate(data.split(b"\n"), start=first_line):
+        if raw.strip():
+            yield number, raw
 
 
 def iter_raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:

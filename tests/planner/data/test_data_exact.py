@@ -10,6 +10,7 @@ from data_helpers import spec_for, write_jsonl
 
 from planner.data import DataRequest, analyze, encode_records
 from planner.data.loaders import iter_samples, resolve_sources
+from planner.errors import UserError
 
 TOOLS = [{"name": "get_weather", "description": "Weather of a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
@@ -117,3 +118,47 @@ def test_worker_process_gives_the_same_counts(bpe_folder, tmp_path, monkeypatch)
     forked = analyze(DataRequest(data=(str(data),), use_cache=False), spec, progress=False)
     assert list(forked.lengths) == list(local.lengths)
     assert forked.response_tokens == local.response_tokens
+
+
+def test_workers_read_json_lines_blocks_themselves(bpe_folder, tmp_path, monkeypatch):
+    """Blocks of lines (smaller than some lines here), a JSON array and JSON Lines saved as .json, mixed:
+    the same lengths in the same order as one process, and errors name the right file:line."""
+    import planner.data.analysis as analyze_module
+
+    records = [dict(r, output=r["output"] * (1 + i % 7)) for i, r in enumerate(ALPACA * 40)]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", records)
+    (folder / "b.json").write_text(json.dumps(records[:50]))
+    (folder / "c.json").write_text("\n".join(json.dumps(r) for r in records[:30]) + "\n\n")
+    spec = spec_for(bpe_folder)
+    request = DataRequest(data=(str(folder),), use_cache=False)
+    local = analyze(request, spec, progress=False)
+    monkeypatch.setattr(analyze_module, "WORKER_MIN_BYTES", 0)
+    monkeypatch.setattr(analyze_module.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(analyze_module, "BLOCK_BYTES", 300)
+    forked = analyze(request, spec, progress=False)
+    assert local.samples == forked.samples == len(records) + 80
+    assert list(forked.lengths) == list(local.lengths)
+    assert (forked.prompt_tokens, forked.response_tokens) == (local.prompt_tokens, local.response_tokens)
+
+    lines = (folder / "a.jsonl").read_text().splitlines()
+    lines[len(lines) - 3] = lines[len(lines) - 3][:-1]  # a malformed record near the end, in a late block
+    (folder / "a.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=rf"a\.jsonl:{len(lines) - 2}: malformed JSON"):
+        analyze(request, spec, progress=False)
+
+
+def test_fast_path_caches_stay_bounded_and_exact(bpe_folder, monkeypatch):
+    from planner.data.fastcount import FastCounter
+    from planner.data.pipeline import prepare
+
+    monkeypatch.setattr(FastCounter, "CACHE_WORDS", 64)
+    prep = prepare(spec_for(bpe_folder))
+    prep.counter.tokenizer  # noqa: B018 - loads it
+    fast = prep.counter.fast
+    items = [prep.render(s) for s in iter_samples(resolve_sources(["demo"]))]
+    assert [fast.count_one(t, s) for t, s in items] == prep.counter.count_slow(items)
+    # a cache holds at most what one record adds on top of the limit
+    assert max(len(fast.spaced), len(fast.pieces), len(fast.first), len(fast.short)) < 64 + 400
+    assert len(fast.spaced) >= 16  # the first quarter is kept, not everything dropped

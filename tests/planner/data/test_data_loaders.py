@@ -217,3 +217,20 @@ def test_sharegpt_many_turns(turns, long):
     convo[0]["value"] += "x" * long
     s = to_sample({"conversations": convo}, FormatSpec("sharegpt"), "f", 1)
     assert [m["content"] for m in s.messages] == [c["value"] for c in convo]
+
+
+lines = st.lists(st.one_of(st.just(""), st.just("  "), st.text("ab{}\r\t ", max_size=40)), max_size=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=lines, trailing=st.booleans(), size=st.integers(1, 64))
+def test_line_blocks_cover_every_line_once(tmp_path, body, trailing, size):
+    """Blocks of any size (also shorter than a line) give the lines and numbers a plain read gives."""
+    from planner.data.records import iter_block_lines, iter_raw_lines, line_blocks
+
+    f = tmp_path / "b.jsonl"
+    f.write_bytes(("\n".join(body) + ("\n" if trailing else "")).encode())
+    blocks = list(line_blocks(f, size=size))
+    assert sum(length for _, length, _ in blocks) == f.stat().st_size
+    got = [(n, raw.rstrip(b"\n")) for b in blocks for n, raw in iter_block_lines(f, *b)]
+    assert got == [(n, raw.rstrip(b"\n")) for n, raw in iter_raw_lines(f)]
