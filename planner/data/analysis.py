@@ -158,7 +158,7 @@ def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
 def _work(prep: Prepared, batch: list[Item] | Block) -> list[tuple[int, int]]:
     """Read (a block), convert, render and count one batch: the whole per-sample pipeline."""
     items = block_items(batch) if isinstance(batch, Block) else batch
-    return prep.counter.count([prep.render(item_sample(item)) for item in items])
+    return prep.count([item_sample(item) for item in items])
 
 
 WORKER_MIN_BYTES = 16 << 20  # below this, starting processes costs more than it saves

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,21 +65,40 @@ class ExactCounter:
         return self._tokenizer
 
     def count(self, items: list[tuple[str, Spans]]) -> list[tuple[int, int]]:
+        return self.count_samples(items, lambda item: item)
+
+    def count_samples(self, samples: Sequence[Any], render: Callable[[Any], tuple[str, Spans]],
+                      planned: Callable[[Any], tuple[int, int] | None] | None = None) -> list[tuple[int, int]]:
+        """(total, response) per sample, rendered by `render`; `planned` may count a sample without rendering
+        it (a chat-template skeleton's count plan). Samples due for verification are counted every way
+        available and checked against the real tokenizer."""
         self.tokenizer  # noqa: B018 - loads it (and the fast path) on first use
-        if self.fast is None:
-            return self.count_slow(items)
-        results = [self.fast.count_one(text, spans) for text, spans in items]
-        check = [i for i, r in enumerate(results)
-                 if r is None or self.seen + i < self.VERIFY_FIRST or (self.seen + i) % self.VERIFY_EVERY == 0]
-        self.seen += len(items)
-        if check:
-            slow = self.count_slow([items[i] for i in check])
-            for i, value in zip(check, slow, strict=True):
-                if results[i] is not None and results[i] != value:
+        fast = self.fast
+        if fast is None:
+            return self.count_slow([render(s) for s in samples])
+        results: list[tuple[int, int] | None] = []
+        checks: dict[int, tuple[tuple[str, Spans], tuple[int, int] | None]] = {}  # i -> (item, planned count)
+        for i, sample in enumerate(samples):
+            n = self.seen + i
+            due = n < self.VERIFY_FIRST or n % self.VERIFY_EVERY == 0
+            result = planned(sample) if planned is not None else None
+            if result is None or due:
+                item = render(sample)
+                got = fast.count_one(*item)
+                if got is None or due:
+                    checks[i] = (item, result)
+                result = got
+            results.append(result)
+        self.seen += len(samples)
+        if checks:
+            slow = self.count_slow([item for item, _ in checks.values()])
+            for (i, (_, also)), value in zip(checks.items(), slow, strict=True):
+                wrong = next((r for r in (results[i], also) if r is not None and r != value), None)
+                if wrong is not None:
                     self.fast = None  # never seen; the real tokenizer stays the reference
-                    self.note = (f"fast counting disagreed with the tokenizer at a sample ({results[i]} vs "
+                    self.note = (f"fast counting disagreed with the tokenizer at a sample ({wrong} vs "
                                  f"{value}); counted with the tokenizer itself")
-                    return self.count_slow(items)
+                    return self.count_slow([render(s) for s in samples])
                 results[i] = value
         return results  # type: ignore[return-value]
 

@@ -152,6 +152,12 @@ class FastCounter:
         self.nfc = (config.get("normalizer") or {}).get("type") == "NFC"
         added = sorted({t["content"] for t in config.get("added_tokens", [])}, key=len, reverse=True)
         self.split_added = re.compile("(" + "|".join(map(re.escape, added)) + ")").split if added else None
+        self.added = tuple(added)
+        self.added_first = "".join(sorted({a[0] for a in added if a}))
+        # count plans (see plan()) need added tokens that no other one begins with: then a match never runs
+        # from a literal into a content
+        self.prefix_free = not any(a != b and b.startswith(a) for a in added for b in added)
+        self.plans: dict[Any, tuple[int, int, tuple[tuple[bool, bool], ...]] | None] = {}
         # bytes -> GPT-2's printable characters, in C (ASCII text is its own UTF-8 and latin-1 reading)
         table = dict(enumerate(_byte_table()))
         tokenize = model.tokenize
@@ -199,6 +205,11 @@ class FastCounter:
 
     CACHE_WORDS = 1 << 19  # memoized entries per cache (~50 MB); beyond it the cache is cut (bounded memory)
 
+    def _bound(self) -> None:
+        limit = self.CACHE_WORDS
+        if len(self.spaced) > limit or len(self.pieces) > limit or len(self.short) > limit or len(self.first) > limit:
+            self._trim()
+
     def _trim(self) -> None:
         """Keep the first quarter of each full cache: words met first are mostly the frequent ones (a
         rare word keeps arriving for the whole dataset), and re-counting them all would cost seconds."""
@@ -210,9 +221,7 @@ class FastCounter:
 
     def count_one(self, text: str, spans: list[tuple[int, int]]) -> tuple[int, int] | None:
         """(total, response) or None when a span edge may fall inside a piece (the caller then encodes)."""
-        limit = self.CACHE_WORDS
-        if len(self.spaced) > limit or len(self.pieces) > limit or len(self.short) > limit or len(self.first) > limit:
-            self._trim()
+        self._bound()
         parts = self.split_added(text) if self.split_added else [text]  # plain, added, plain, added, ...
         cuts = [e for span in spans for e in span if 0 < e < len(text)]
         plain = self._plain
@@ -256,6 +265,67 @@ class FastCounter:
                 if k < n_spans and spans[k][0] <= start:
                     response += n
             pos = end
+        return total, response
+
+
+    def plan(self, shape: Any) -> tuple[int, int, tuple[tuple[bool, bool], ...]] | None:
+        """How to count a chat-template skeleton (planner.data.skeleton) without rendering it: the tokens of
+        its literal text (constant), plus each slot's own count. Exact when every seam between a literal and
+        a slot is a piece boundary whatever the slot holds: an added token on the literal's side, or a line
+        break before the slot (the slot must then not start with whitespace, checked per sample). Literals
+        are cut at span edges only where that is a boundary too. None when the skeleton has another seam."""
+        if shape in self.plans:
+            return self.plans[shape]
+        self.plans[shape] = None
+        if not self.prefix_free:
+            return None
+        segments = shape.segments()
+        ends = self.added
+
+        def boundary(left: str, right: str) -> bool:
+            return (left.endswith(ends) or right.startswith(ends) or
+                    (left[-1] in "\r\n" and not right[0].isspace()))
+
+        total = response = 0
+        slots: list[tuple[bool, bool]] = []  # (in a span, after a line break)
+        for i, segment in enumerate(segments):
+            before = segments[i - 1] if i else None
+            after = segments[i + 1] if i + 1 < len(segments) else None
+            if segment[0] == "text":
+                _, text, inside = segment
+                if before is not None and before[0] == "text" and not boundary(before[1], text):
+                    return None
+                n = self.count_one(text, [])[0]  # type: ignore[index]
+                total += n
+                response += n if inside else 0
+                continue
+            if (before is not None and before[0] != "text") or (after is not None and after[0] != "text"):
+                return None  # two slots meet
+            if after is not None and not after[1].startswith(ends):
+                return None
+            line_break = before is not None and not before[1].endswith(ends)
+            if line_break and before[1][-1] not in "\r\n":
+                return None
+            slots.append((segment[1], line_break))
+        plan = self.plans[shape] = (total, response, tuple(slots))
+        return plan
+
+    def count_planned(self, plan: tuple[int, int, tuple[tuple[bool, bool], ...]],
+                      values: list[str]) -> tuple[int, int] | None:
+        """(total, response) of a planned skeleton filled with `values`; None when a value breaks a seam (empty,
+        whitespace after a line break, or an added token's first character anywhere in it)."""
+        self._bound()
+        total, response, slots = plan
+        plain, first = self._plain, self.added_first
+        for (inside, line_break), value in zip(slots, values, strict=True):
+            if not value or (line_break and value[0].isspace()):
+                return None
+            if first and (first in value if len(first) == 1 else any(ch in value for ch in first)):
+                return None
+            n = plain(value)
+            total += n
+            if inside:
+                response += n
         return total, response
 
 

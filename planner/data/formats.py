@@ -51,9 +51,13 @@ class FormatSpec:
     columns: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     ranking: bool = False
+    _names: dict[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)  # column() memo
 
     def column(self, key: str) -> str:
-        return self.columns.get(key) or _DEFAULT_COLUMNS[self.format].get(key, key)
+        name = self._names.get(key)
+        if name is None:
+            name = self._names[key] = self.columns.get(key) or _DEFAULT_COLUMNS[self.format].get(key, key)
+        return name
 
     def tag(self, key: str) -> str:
         defaults = MESSAGES_TAGS if self.format == "messages" else SHAREGPT_TAGS

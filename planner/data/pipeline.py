@@ -45,10 +45,7 @@ class Prepared:
             return text, [(0, len(text))]
         template = self.chat_tools if sample.tools else self.chat
         try:
-            skeletons = self.skeletons.get(id(template))
-            if skeletons is None:
-                skeletons = self.skeletons[id(template)] = Skeletons(template)
-            got = skeletons.render_spans(sample.messages, sample.tools)
+            got = self._skeletons(template).render_spans(sample.messages, sample.tools)
             return got if got is not None else template.render_spans(sample.messages, sample.tools)
         except UserError:
             raise
@@ -57,6 +54,30 @@ class Prepared:
                             f"sample: {exc}",
                             "Check the roles (most templates want user/assistant turns in order), or choose "
                             "another with --template.") from None
+
+    def count(self, samples: list[Sample]) -> list[tuple[int, int]]:
+        """(total, response) tokens per sample, as render() + the counter give them; with the exact counter's
+        fast path, samples whose template skeleton has a count plan are counted without rendering."""
+        if isinstance(self.counter, ExactCounter):
+            return self.counter.count_samples(samples, self.render, self._planned)
+        return self.counter.count([self.render(s) for s in samples])
+
+    def _planned(self, sample: Sample) -> tuple[int, int] | None:
+        fast = self.counter.fast  # type: ignore[attr-defined]
+        if fast is None or sample.text is not None or sample.tools:
+            return None
+        found = self._skeletons(self.chat).planned(sample.messages, None)
+        if found is None:
+            return None
+        shape, values = found
+        plan = fast.plan(shape)
+        return fast.count_planned(plan, values) if plan is not None else None
+
+    def _skeletons(self, template: ChatTemplate) -> Skeletons:
+        skeletons = self.skeletons.get(id(template))
+        if skeletons is None:
+            skeletons = self.skeletons[id(template)] = Skeletons(template)
+        return skeletons
 
     def rendered(self, samples: Iterable[Sample]) -> Iterator[tuple[Sample, str, Spans]]:
         for sample in samples:

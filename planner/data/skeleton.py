@@ -98,8 +98,13 @@ class _Shape:
     """One rendered skeleton: literal text with slot references, the spans, and the recorded tests."""
 
     def __init__(self, text: str, spans: list[tuple[int, int]], rec: _Recorder):
-        self.tests = rec.tests
         self.chains = rec.chains
+        # the tests as (content index, chain, str method, args, result), each distinct test once
+        try:
+            tests = list(dict.fromkeys(rec.tests))
+        except TypeError:  # an unhashable argument: keep them all
+            tests = rec.tests
+        self.checks = [(*rec.chains[key], getattr(str, name), args, result) for key, name, args, result in tests]
         self.parts: list[str | tuple[int, tuple[tuple[str, tuple[Any, ...]], ...]]] = []
         self.edges: list[tuple[int, int]] = []  # span edges as (part index, offset in that literal)
         pieces = _MARK.split(text)
@@ -123,10 +128,42 @@ class _Shape:
                     raise _Unsupported("span edge inside a slot")
                 self.edges.append((j, edge - starts[j]))
 
+    def passes(self, contents: list[str]) -> bool:
+        """Whether every test the template made on the slots gives the same answer on these contents."""
+        for idx, chain, method, args, result in self.checks:
+            if method(contents[idx] if not chain else _apply(contents, idx, chain), *args) != result:
+                return False
+        return True
+
+    def segments(self) -> list[tuple[Any, ...]]:
+        """The skeleton in text order: ("text", literal, in_span) and ("slot", in_span); literals are cut at
+        the span edges and empty ones left out. slot_values() gives the slots' texts in the same order."""
+        cuts: dict[int, list[int]] = {}
+        for j, offset in self.edges:
+            cuts.setdefault(j, []).append(offset)
+        out: list[tuple[Any, ...]] = []
+        inside = False
+        for j, part in enumerate(self.parts):
+            if part.__class__ is not str:
+                out.append(("slot", inside))
+                continue
+            start = 0
+            for offset in sorted(cuts.get(j, [])):  # an edge toggles in/out of a span (spans never nest)
+                if offset > start:
+                    out.append(("text", part[start:offset], inside))
+                start = offset
+                inside = not inside
+            if len(part) > start:
+                out.append(("text", part[start:], inside))
+        return out
+
+    def slot_values(self, contents: list[str]) -> list[str]:
+        """Each slot's text (content after its recorded transformations), in segments() order."""
+        return [contents[part[0]] if not part[1] else _apply(contents, *part)
+                for part in self.parts if part.__class__ is not str]
+
     def fill(self, contents: list[str]) -> tuple[str, list[tuple[int, int]]] | None:
-        for key, name, args, result in self.tests:
-            if getattr(str, name)(_apply(contents, *self.chains[key]), *args) != result:
-                return None
+        """Text and spans for contents that pass() (None when a content holds the marker characters)."""
         # parts: literal text, or (content index, chain); most chains are empty
         out = [part if part.__class__ is str else
                (contents[part[0]] if not part[1] else _apply(contents, *part)) for part in self.parts]
@@ -158,8 +195,9 @@ class Skeletons:
         self.uses: dict[tuple[Any, ...], int] = {}
         self.filled = 0
 
-    def render_spans(self, messages: tuple[dict[str, Any], ...] | list[dict[str, Any]],
-                     tools: Any) -> tuple[str, list[tuple[int, int]]] | None:
+    def _match(self, messages: tuple[dict[str, Any], ...] | list[dict[str, Any]],
+               tools: Any) -> tuple[tuple[Any, ...], _Shape, list[str]] | None:
+        """The shape of a sample and its contents, when it has a live skeleton whose tests it passes."""
         if tools:
             return None
         shape_key = []
@@ -174,8 +212,16 @@ class Skeletons:
         shape = self.shapes.get(key, False)
         if shape is False:
             shape = self.shapes[key] = self._build(key)
-        if shape is None:
+        if shape is None or not shape.passes(contents):
             return None
+        return key, shape, contents
+
+    def render_spans(self, messages: tuple[dict[str, Any], ...] | list[dict[str, Any]],
+                     tools: Any) -> tuple[str, list[tuple[int, int]]] | None:
+        found = self._match(messages, tools)
+        if found is None:
+            return None
+        key, shape, contents = found
         got = shape.fill(contents)
         if got is None:
             return None
@@ -187,6 +233,26 @@ class Skeletons:
                 self.shapes[key] = None  # retire the shape: plain rendering from now on
                 return plain
         return got
+
+    def planned(self, messages: tuple[dict[str, Any], ...] | list[dict[str, Any]],
+                tools: Any) -> tuple[_Shape, list[str]] | None:
+        """The shape and slot values of a sample, for counting without rendering; None when the sample must
+        be rendered: no skeleton fits it, or its render is due for the check against plain rendering
+        (render_spans does that check)."""
+        found = self._match(messages, tools)
+        if found is None:
+            return None
+        key, shape, contents = found
+        uses = self.uses.get(key, 0) + 1
+        if uses <= self.CHECK_FIRST or (self.filled + 1) % self.CHECK_EVERY == 0:
+            return None
+        values = shape.slot_values(contents)
+        for value in values:
+            if not value.isascii() and any(m in value for m in _MARKERS):  # as fill() refuses them
+                return None
+        self.uses[key] = uses
+        self.filled += 1
+        return shape, values
 
     def _build(self, key: tuple[Any, ...]) -> _Shape | None:
         rec = _Recorder()

@@ -49,6 +49,8 @@ CORPUS = [
     "Café, naïve, résumé — ünïcödé text with emojis 😀🚀 and numbers 3.14159, 1,000,000.",
     "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
     "Instruction: translate to French.\nInput: good morning\nOutput: bonjour",
+    # whitespace runs, so that merges such as "\n\n", "\n " and "  " exist and seams are visible in counts
+    "First.\n\nSecond.\n\n\nThird:\n  - indented\n\t\ttabbed\n \n    four spaces\r\n\r\nend",
 ] * 20
 
 
