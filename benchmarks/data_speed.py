@@ -134,6 +134,8 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=100000, help="--sample size for the largest dataset")
     ap.add_argument("--reference-python", help="python of a venv with datasets + transformers")
     ap.add_argument("--reference-size", type=int, default=100000)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="cold runs per size (this kind of machine's speed drifts by +-15%%; the median is kept)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--reference-only", action="store_true",
                     help="keep the planner rows of results/data-speed.json, (re)measure only the reference")
@@ -151,12 +153,14 @@ def main() -> None:
             make_dataset(args.alpaca, n, data)
             print(f"made {data} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         cache_dir = str(work / f"cache-{n}")
-        shutil.rmtree(cache_dir, ignore_errors=True)  # the first run is cold
-        for label, kwargs in (("cold", {"sample": None, "cache": True}),
-                              ("cached", {"sample": None, "cache": True})):
-            r = run_planner(data, args.tokenizer, cache_dir=cache_dir, **kwargs)
-            rows.append({"samples": n, "run": label, "file_bytes": data.stat().st_size, **r})
+        for i in range(args.repeat):
+            shutil.rmtree(cache_dir, ignore_errors=True)  # cold: nothing cached (the hash memo neither)
+            r = run_planner(data, args.tokenizer, cache_dir=cache_dir, sample=None, cache=True)
+            rows.append({"samples": n, "run": "cold", "repeat": i + 1, "file_bytes": data.stat().st_size, **r})
             print(rows[-1], file=sys.stderr)
+        r = run_planner(data, args.tokenizer, cache_dir=cache_dir, sample=None, cache=True)
+        rows.append({"samples": n, "run": "cached", "file_bytes": data.stat().st_size, **r})
+        print(rows[-1], file=sys.stderr)
         if n >= 1000000 and args.sample:
             r = run_planner(data, args.tokenizer, sample=args.sample, cache=False, cache_dir=cache_dir)
             rows.append({"samples": n, "run": f"--sample {args.sample}", "file_bytes": data.stat().st_size, **r})
@@ -184,20 +188,32 @@ def write(rows: list[dict], reference: dict | None, args: argparse.Namespace) ->
              f"{machine['cpus']} CPUs, Python {machine['python']}; tokenizer: {Path(args.tokenizer).name} "
              "tokenizer.json with its own chat template; alpaca-style JSON Lines made by "
              "`benchmarks/data_speed.py` from a real alpaca file (replicated, perturbed).", "",
-             "Wall time of a fresh `analyze()` process (imports included). CPU: user+sys of the main "
-             "process (reads the files) and of its forked workers summed (one per core: parse, render, "
-             "count). Peak RSS of the main process / of one worker. Load: the machine's 1-minute load "
-             "average at the end of the run; this machine was shared with other jobs (load 5-11 on 2 "
-             "cores), so wall times are 2-5x what an idle machine gives. `idle s` = max(main CPU, "
-             "workers CPU / 2): an estimate of the wall time on an idle 2-core machine (startup excluded).", "",
+             "Wall time of a fresh `analyze()` process (imports included). With data over 16 MB the main "
+             "process loads the tokenizer, hashes the file for the cache key and hands JSON Lines blocks of "
+             "~1 MB to forked workers (one per core), which read, parse, render and count them. CPU: user+sys "
+             "of the main process / of its workers summed. Peak RSS of the main process / of one worker (the "
+             "workers are forks: their shared pages count in both). Load: the 1-minute load average at the "
+             "end of the run. `idle s` = max(main CPU, workers CPU / 2). Cold runs are repeated: on this "
+             "2-core virtual machine identical runs differ by up to +-20% in CPU time (nothing else runs in "
+             "the machine; the host's neighbours do), so the median is the figure to quote.", "",
              "| samples | run | file MB | wall s | idle s | CPU s main/workers | RSS MB main/worker | load | tokens | p98 | cutoff_len |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         idle = max(r["cpu_main_s"], r["cpu_worker_s"] / 2)
-        lines.append(f"| {r['samples']:,} | {r['run']} | {r['file_bytes'] / 1e6:.0f} | {r['wall_s']:.1f} | "
+        label = r["run"] + (f" #{r['repeat']}" if r.get("repeat") else "")
+        lines.append(f"| {r['samples']:,} | {label} | {r['file_bytes'] / 1e6:.0f} | {r['wall_s']:.1f} | "
                      f"{idle:.1f} | {r['cpu_main_s']:.1f}/{r['cpu_worker_s']:.1f} | {r['peak_rss_bytes'] / 2**20:.0f}/{r['worker_peak_rss_bytes'] / 2**20:.0f} | "
                      f"{r['load_avg_1min']:.1f} | {r['tokens']:,} | {r['p98']}"
                      f"{' (CI ' + str(r['ci']) + ')' if r.get('ci') else ''} | {r['cutoff_len']} |")
+    lines.append("")
+    for n in sorted({r["samples"] for r in rows}):
+        cold = sorted((r for r in rows if r["samples"] == n and r["run"] == "cold"), key=lambda r: r["wall_s"])
+        if cold:
+            med = cold[len(cold) // 2]
+            rss = max(r["peak_rss_bytes"] + 2 * r["worker_peak_rss_bytes"] for r in cold) / 2**20
+            lines.append(f"- {n:,} samples cold: median {med['wall_s']:.1f} s wall over {len(cold)} runs "
+                         f"(min {cold[0]['wall_s']:.1f}, max {cold[-1]['wall_s']:.1f}); peak RSS main + 2 "
+                         f"workers at most {rss:.0f} MB (an upper bound: shared pages counted in each).")
     if reference:
         lines += ["", "Reference point: the approach of LLaMA-Factory's scripts/stat_utils/length_cdf.py "
                   "(datasets.load_dataset, then the transformers tokenizer's apply_chat_template one sample at a "
@@ -210,11 +226,15 @@ def write(rows: list[dict], reference: dict | None, args: argparse.Namespace) ->
                          + (f" ({', '.join(extra)})" if extra else "") + ".")
         else:
             lines.append(f"- {json.dumps(reference)}")
-        cold = next((r for r in rows if r["samples"] == reference.get("samples") and r["run"] == "cold"), None)
+        colds = sorted((r for r in rows if r["samples"] == reference.get("samples") and r["run"] == "cold"),
+                       key=lambda r: r["wall_s"])
+        cold = colds[len(colds) // 2] if colds else None
         if cold and "tokens" in reference:
             same = "the same total as" if cold["tokens"] == reference["tokens"] else "a different total from"
             lines.append(f"- {reference['tokens']:,} tokens: {same} the planner ({cold['tokens']:,}); wall time "
-                         f"{reference['wall_s'] / cold['wall_s']:.1f}x the planner's cold run.")
+                         f"{reference['wall_s'] / cold['wall_s']:.1f}x the planner's median cold run"
+                         + (f", CPU time {reference['cpu_s'] / cold['cpu_s']:.1f}x (the planner uses both cores)"
+                            if "cpu_s" in reference else "") + ".")
     lines += ["", "Reproduce: `python benchmarks/data_speed.py --alpaca ALPACA.json --tokenizer TOKENIZER_DIR "
               "[--reference-python VENV/bin/python]`", ""]
     (RESULTS / "data-speed.md").write_text("\n".join(lines))
