@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import time
@@ -190,25 +189,21 @@ def _in_workers(prep: Prepared, batches: Iterator[list[Item] | Block], workers: 
     if isinstance(prep.counter, ExactCounter):  # load (and build the fast path) once, not once per fork
         prep.counter.tokenizer  # noqa: B018
     ctx = multiprocessing.get_context("fork")
-    gc.freeze()  # what the forks inherit stays out of their collections (and their pages stay shared)
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            pending: deque[Any] = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending: deque[Any] = deque()
 
-            def result() -> list[tuple[int, int]]:
-                status, value = pending.popleft().result()
-                if status == "error":
-                    raise UserError(*value)
-                return value
+        def result() -> list[tuple[int, int]]:
+            status, value = pending.popleft().result()
+            if status == "error":
+                raise UserError(*value)
+            return value
 
-            for batch in batches:
-                pending.append(pool.submit(_worker, batch))
-                if len(pending) >= 2 * workers:  # a few batches in flight keep memory flat
-                    yield result()
-            while pending:
+        for batch in batches:
+            pending.append(pool.submit(_worker, batch))
+            if len(pending) >= 2 * workers:  # a few batches in flight keep memory flat
                 yield result()
-    finally:
-        gc.unfreeze()
+        while pending:
+            yield result()
 
 
 def _stats(request: DataRequest, model: ModelSpec, prep: Prepared, sources: list[Source], lengths: array,
