@@ -18,7 +18,9 @@ from planner.data.dataset_info import load_dataset_info
 from planner.data.formats import FORMATS, FormatSpec, Sample, detect_format, to_sample
 from planner.data.records import (
     SUFFIXES,
+    array_blocks,
     is_json_lines,
+    iter_block_elements,
     iter_block_lines,
     iter_raw_lines,
     iter_records,
@@ -111,34 +113,50 @@ class Item(NamedTuple):
 
 
 class Block(NamedTuple):
-    """Whole lines of a JSON Lines file, by byte range, for another process to read and convert."""
+    """Whole records of a file, by byte range, for another process to read and convert: lines of JSON
+    Lines, or elements of a JSON array."""
 
     file: str
     offset: int
     length: int
     line: int  # number of the first line
     spec: FormatSpec
+    array: bool = False
+    after_comma: bool = False  # an array block that must hold a record (a ',' came before it)
 
 
 def block_items(block: Block) -> Iterator[Item]:
+    if block.array:
+        for line, record in iter_block_elements(block.file, block.offset, block.length, block.line,
+                                                block.after_comma):
+            yield Item(block.file, line, record, block.spec)
+        return
     for line, raw in iter_block_lines(block.file, block.offset, block.length, block.line):
         yield Item(block.file, line, raw, block.spec)
 
 
 def iter_units(sources: list[Source], *, batch: int, block_bytes: int = 1 << 20) -> Iterator[Block | list[Item]]:
-    """The whole dataset as units of work for other processes: JSON Lines files as blocks of lines (this
-    process only finds line boundaries), other files as batches of records read here. Each file's format
-    is resolved from its first record. An empty dataset yields nothing (the caller says so)."""
+    """The whole dataset as units of work for other processes: JSON Lines and JSON array files as blocks of
+    whole records (this process only finds where records end), other files as batches of records read here.
+    Each file's format is resolved from its first record. An empty dataset yields nothing (the caller says
+    so)."""
     for source in sources:
-        if is_json_lines(source.path):
+        suffix = source.path.suffix.lower()
+        if suffix in (".json", ".jsonl"):
+            lines = is_json_lines(source.path)
             spec = source.spec
             if spec is None:
-                first = next(iter_raw_lines(source.path), None)
+                first = next(iter_raw_lines(source.path) if lines else iter_records(source.path), None)
                 if first is None:
                     continue
-                spec = _spec_for(parse_json_line(source.path, *first), source, first[0])
-            for offset, length, line in line_blocks(source.path, size=block_bytes):
-                yield Block(str(source.path), offset, length, line, spec)
+                record = parse_json_line(source.path, *first) if lines else first[1]
+                spec = _spec_for(record, source, first[0])
+            if lines:
+                for offset, length, line in line_blocks(source.path, size=block_bytes):
+                    yield Block(str(source.path), offset, length, line, spec)
+            else:
+                for offset, length, line, after_comma in array_blocks(source.path, size=block_bytes):
+                    yield Block(str(source.path), offset, length, line, spec, True, after_comma)
             continue
         items: list[Item] = []
         for item in _items(source, True):

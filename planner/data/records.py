@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,145 @@ def iter_block_lines(path: Path | str, offset: int, length: int, first_line: int
     for number, raw in enumerate(data.split(b"\n"), start=first_line):
         if raw.strip():
             yield number, raw
+
+
+# A JSON string (complete: group 1 is the closing quote; or cut by the end of the buffer) or a structural byte.
+_ARRAY_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:(")|\\?\Z)|[\[\]{},]')
+_BOM = b"\xef\xbb\xbf"
+
+
+def _element_pattern(levels: int) -> re.Pattern[bytes]:
+    """One whole array element (nested up to `levels` deep) and the ',' or ']' after it, in one match.
+    Every repetition starts with a different byte than its neighbour can hold, so matching is linear."""
+    string, plain = rb'"[^"\\]*(?:\\.[^"\\]*)*"', rb'[^{}\[\]"]*'
+    inner = string
+    for _ in range(levels):
+        inner = rb"(?:%s|[{\[]%s(?:(?:%s)%s)*[}\]])" % (string, plain, inner, plain)
+    scalar = rb'[^,{}\[\]"\s]+'
+    return re.compile(rb"\s*(?:%s|%s)\s*([,\]])" % (inner, scalar))
+
+
+_ELEMENT = _element_pattern(3)  # sharegpt's conversations of turns are 3 deep
+
+
+def array_blocks(path: Path, size: int = 1 << 20, *, read: int = 4 << 20) -> Iterator[tuple[int, int, int, bool]]:
+    """(byte offset, byte length, number of its first line, follows a ',') of consecutive runs of whole
+    elements of a top-level JSON array, each about `size` bytes (never an element cut): another process
+    parses a block with iter_block_elements. Only strings and brackets are followed here (a whole element
+    at a time where one pattern covers it); an error inside an element is found by whoever parses it."""
+    depth = 0
+    start, start_line, after_comma = -1, 1, False  # the current block: file offset, line, follows a ','
+    line, base, buf = 1, 0, b""  # line number and file offset of buf[0]
+    with open(path, "rb") as f:
+        chunk = f.read(3)
+        if chunk == _BOM:
+            chunk, base = b"", 3
+        chunk += f.read(read)
+        while True:
+            buf += chunk
+            eof = not chunk
+            i = 0  # scanned up to here
+            cut = False
+            while not cut:
+                if depth == 1:  # between elements: take whole elements while the pattern covers them
+                    m = _ELEMENT.match(buf, i)
+                    while m is not None:
+                        sep = m.start(1)
+                        if buf[sep] == 0x5D:  # ']': the array's end
+                            yield start, base + sep - start, start_line, after_comma
+                            return
+                        if base + sep - start >= size:
+                            yield start, base + sep - start, start_line, after_comma
+                            start, start_line = base + sep + 1, line + buf.count(b"\n", 0, sep + 1)
+                            after_comma = True
+                        i = sep + 1
+                        m = _ELEMENT.match(buf, i)
+                cut = True  # unless a token below hands back to the pattern
+                for m in _ARRAY_TOKEN.finditer(buf, i):  # token by token: deeper nesting, or a cut element
+                    c = buf[m.start()]
+                    if depth == 0:
+                        if c != 0x5B or buf[:m.start()].strip():  # '[' first
+                            raise _array_error(path, line + buf.count(b"\n", 0, m.start()),
+                                               "expected '[' at the start of the file")
+                        depth, start, start_line = 1, base + m.end(), line + buf.count(b"\n", 0, m.end())
+                        i, cut = m.end(), False
+                        break
+                    if c == 0x22:  # '"'
+                        if m.group(1) is None and not eof:  # a string cut by the buffer: read on from it
+                            i = m.start()
+                            break
+                    elif c in (0x5B, 0x7B):  # '[' '{'
+                        depth += 1
+                    elif c in (0x5D, 0x7D):  # ']' '}'
+                        depth -= 1
+                        if depth == 0:  # the array's end
+                            yield start, base + m.start() - start, start_line, after_comma
+                            return
+                    elif depth == 1:  # a top-level ','
+                        if base + m.start() - start >= size:
+                            yield start, base + m.start() - start, start_line, after_comma
+                            start, start_line = base + m.end(), line + buf.count(b"\n", 0, m.end())
+                            after_comma = True
+                        i, cut = m.end(), False
+                        break
+                else:
+                    i = len(buf)
+            if eof:
+                if depth == 0 and not buf.strip():
+                    return  # an empty file (the caller reports an empty dataset)
+                for _ in _iter_json_array(Path(path)):  # the record-by-record reader names the first error
+                    pass
+                raise _array_error(path, line + buf.count(b"\n"),
+                                   "unexpected end of file inside the array (missing ']')")
+            line += buf.count(b"\n", 0, i)
+            buf, base = buf[i:], base + i
+            chunk = f.read(read)
+
+
+def iter_block_elements(path: Path | str, offset: int, length: int, first_line: int,
+                        after_comma: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed element) of one block from array_blocks; errors name file:line."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _utf8_error(path, first_line + data.count(b"\n", 0, exc.start), exc) from None
+    decoder = json.JSONDecoder()
+    pos, line, counted = 0, first_line, 0
+    n = len(text)
+    expect = after_comma  # a record must come next (a ',' was just read)
+    while True:
+        while pos < n and text[pos] in _WS:
+            pos += 1
+        if pos >= n:
+            if expect:  # "[..., ]"
+                raise _array_error(path, line + text.count("\n", counted, pos), "expected a record after ','")
+            return
+        line += text.count("\n", counted, pos)
+        counted = pos
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise _array_error(path, line + text.count("\n", pos, exc.pos), exc.msg) from None
+        except RecursionError:
+            raise _array_error(path, line, "nesting too deep") from None
+        yield line, value
+        pos = end
+        while pos < n and text[pos] in _WS:
+            pos += 1
+        expect = pos < n
+        if expect:
+            if text[pos] != ",":
+                raise _array_error(path, line + text.count("\n", counted, pos),
+                                   f"expected ',' or ']' between records, found {text[pos]!r}")
+            pos += 1
+
+
+def _array_error(path: Path | str, line: int, message: str) -> UserError:
+    return UserError(f"{path}:{line}: malformed JSON: {message}.",
+                     "A .json dataset must be one JSON array of objects (or JSON Lines).")
 
 
 def iter_raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -228,8 +368,7 @@ class _ArrayState:
                 return
 
     def error(self, path: Path, message: str) -> UserError:
-        return UserError(f"{path}:{self.line_at(self.pos)}: malformed JSON: {message}.",
-                         "A .json dataset must be one JSON array of objects (or JSON Lines).")
+        return _array_error(path, self.line_at(self.pos), message)
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:

@@ -147,6 +147,13 @@ def test_workers_read_json_lines_blocks_themselves(bpe_folder, tmp_path, monkeyp
     (folder / "a.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(UserError, match=rf"a\.jsonl:{len(lines) - 2}: malformed JSON"):
         analyze(request, spec, progress=False)
+    write_jsonl(folder / "a.jsonl", records)
+    array = json.dumps(records[:50], indent=1).splitlines()
+    bad = max(i for i, text in enumerate(array) if text.strip().startswith('"output"'))  # in the last record
+    array[bad] = array[bad].replace('": "', '": ', 1)
+    (folder / "b.json").write_text("\n".join(array))
+    with pytest.raises(UserError, match=rf"b\.json:{bad + 1}: malformed JSON"):
+        analyze(request, spec, progress=False)
 
 
 def test_fast_path_caches_stay_bounded_and_exact(bpe_folder, monkeypatch):

@@ -234,3 +234,54 @@ def test_line_blocks_cover_every_line_once(tmp_path, body, trailing, size):
     assert sum(length for _, length, _ in blocks) == f.stat().st_size
     got = [(n, raw.rstrip(b"\n")) for b in blocks for n, raw in iter_block_lines(f, *b)]
     assert got == [(n, raw.rstrip(b"\n")) for n, raw in iter_raw_lines(f)]
+
+
+strings = st.text(st.sampled_from('ab "\\/[]{},:\n\t\u00e9\u4e2d\U0001f600'), max_size=12)
+values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), strings),
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(strings, inner, max_size=3),
+                      max_leaves=8)
+
+
+def _array_records(path, size, read):
+    from planner.data.records import array_blocks, iter_block_elements
+
+    return [rec for block in array_blocks(path, size=size, read=read) for rec in iter_block_elements(path, *block)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(st.dictionaries(strings, values, max_size=4), max_size=12),
+       indent=st.sampled_from([None, 1, 2, "\t"]), bom=st.booleans(), size=st.integers(1, 200),
+       read=st.integers(1, 64), ascii_only=st.booleans())
+def test_array_blocks_give_every_record_once(tmp_path, records, indent, bom, size, read, ascii_only):
+    """Blocks of any size and reads of any size (cutting strings, escapes and UTF-8 anywhere) give the
+    records and line numbers the streaming parser gives."""
+    from planner.data.records import iter_records
+
+    f = tmp_path / "a.json"
+    body = json.dumps(records, indent=indent, ensure_ascii=ascii_only).encode()
+    f.write_bytes((b"\xef\xbb\xbf" if bom else b"") + body)
+    assert _array_records(f, size, read) == list(iter_records(f))
+
+
+@pytest.mark.parametrize(("body", "line", "message"), [
+    ('[\n  {"a": 1},\n  {"a": 2},\n]\n', 4, "expected a record after ','"),
+    ('[\n  {"a": 1}\n  {"a": 2}\n]\n', 3, "expected ',' or ']' between records"),
+    ('[\n  {"a": 1},\n  {"a": 2,,}\n]\n', 3, "malformed JSON"),
+    ('[\n  {"a": 1},\n  {"a": 2}\n', 4, "missing ']'"),
+    ('[\n  {"a": 1},\n  {"a": "never closed}]\n', 3, "Invalid control character"),  # the string's line
+    ('x[{"a": 1}]', 1, "expected '\\['"),
+    ('\n\n{"a": 1}', 3, "expected '\\['"),
+])
+def test_array_blocks_errors_name_the_line(tmp_path, body, line, message):
+    f = tmp_path / "bad.json"
+    f.write_text(body)
+    for size in (1, 1 << 20):
+        with pytest.raises(UserError, match=rf"bad\.json:{line}: .*{message}"):
+            _array_records(f, size, 7)
+
+
+def test_array_blocks_non_utf8_names_the_line(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_bytes(b'[{"text": "ok"},\n{"text": "\xff"}]')
+    with pytest.raises(UserError, match=r"bad\.json:2: the file is not UTF-8"):
+        _array_records(f, 1, 5)
