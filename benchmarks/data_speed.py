@@ -61,6 +61,14 @@ def make_dataset(alpaca: Path, n: int, out: Path, seed: int = 0) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
+def to_array(jsonl: Path, out: Path) -> None:
+    """The same records as one JSON array, one record per line."""
+    with open(jsonl, encoding="utf-8") as f, open(out, "w", encoding="utf-8") as o:
+        o.write("[\n")
+        o.write(",\n".join(line.rstrip("\n") for line in f if line.strip()))
+        o.write("\n]\n")
+
+
 _CHILD = """
 import json, os, resource, sys, time
 t0 = time.perf_counter()
@@ -136,6 +144,8 @@ def main() -> None:
     ap.add_argument("--reference-size", type=int, default=100000)
     ap.add_argument("--repeat", type=int, default=3,
                     help="cold runs per size (this kind of machine's speed drifts by +-15%%; the median is kept)")
+    ap.add_argument("--array", action="store_true",
+                    help="also time the same records as one JSON array (.json, LLaMA-Factory's usual layout)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--reference-only", action="store_true",
                     help="keep the planner rows of results/data-speed.json, (re)measure only the reference")
@@ -161,6 +171,16 @@ def main() -> None:
         r = run_planner(data, args.tokenizer, cache_dir=cache_dir, sample=None, cache=True)
         rows.append({"samples": n, "run": "cached", "file_bytes": data.stat().st_size, **r})
         print(rows[-1], file=sys.stderr)
+        if args.array:
+            array = work / f"alpaca-{n}.json"
+            if not array.exists():
+                to_array(data, array)
+            for i in range(args.repeat):
+                shutil.rmtree(cache_dir, ignore_errors=True)
+                r = run_planner(array, args.tokenizer, cache_dir=cache_dir, sample=None, cache=True)
+                rows.append({"samples": n, "run": "cold, JSON array", "repeat": i + 1,
+                             "file_bytes": array.stat().st_size, **r})
+                print(rows[-1], file=sys.stderr)
         if n >= 1000000 and args.sample:
             r = run_planner(data, args.tokenizer, sample=args.sample, cache=False, cache_dir=cache_dir)
             rows.append({"samples": n, "run": f"--sample {args.sample}", "file_bytes": data.stat().st_size, **r})
@@ -207,13 +227,14 @@ def write(rows: list[dict], reference: dict | None, args: argparse.Namespace) ->
                      f"{' (CI ' + str(r['ci']) + ')' if r.get('ci') else ''} | {r['cutoff_len']} |")
     lines.append("")
     for n in sorted({r["samples"] for r in rows}):
-        cold = sorted((r for r in rows if r["samples"] == n and r["run"] == "cold"), key=lambda r: r["wall_s"])
-        if cold:
-            med = cold[len(cold) // 2]
-            rss = max(r["peak_rss_bytes"] + 2 * r["worker_peak_rss_bytes"] for r in cold) / 2**20
-            lines.append(f"- {n:,} samples cold: median {med['wall_s']:.1f} s wall over {len(cold)} runs "
-                         f"(min {cold[0]['wall_s']:.1f}, max {cold[-1]['wall_s']:.1f}); peak RSS main + 2 "
-                         f"workers at most {rss:.0f} MB (an upper bound: shared pages counted in each).")
+        for kind in ("cold", "cold, JSON array"):
+            cold = sorted((r for r in rows if r["samples"] == n and r["run"] == kind), key=lambda r: r["wall_s"])
+            if cold:
+                med = cold[len(cold) // 2]
+                rss = max(r["peak_rss_bytes"] + 2 * r["worker_peak_rss_bytes"] for r in cold) / 2**20
+                lines.append(f"- {n:,} samples {kind}: median {med['wall_s']:.1f} s wall over {len(cold)} runs "
+                             f"(min {cold[0]['wall_s']:.1f}, max {cold[-1]['wall_s']:.1f}); peak RSS main + 2 "
+                             f"workers at most {rss:.0f} MB (an upper bound: shared pages counted in each).")
     if reference:
         lines += ["", "Reference point: the approach of LLaMA-Factory's scripts/stat_utils/length_cdf.py "
                   "(datasets.load_dataset, then the transformers tokenizer's apply_chat_template one sample at a "
