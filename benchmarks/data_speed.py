@@ -6,7 +6,7 @@ The big datasets are made here from a real alpaca file, replicated and perturbed
 random words and numbers inserted) so the vocabulary keeps growing as it would in real data.
 
     python benchmarks/data_speed.py --alpaca PATH/alpaca_en_demo.json --tokenizer PATH/qwen3 \\
-        [--sizes 100000,1000000] [--reference-python PATH/venv/bin/python]
+        [--sizes 100000,1000000] [--repeat 3] [--array] [--reference-python PATH/venv/bin/python]
 
 Writes benchmarks/results/data-speed.{json,md}.
 """
@@ -209,8 +209,9 @@ def write(rows: list[dict], reference: dict | None, args: argparse.Namespace) ->
              "tokenizer.json with its own chat template; alpaca-style JSON Lines made by "
              "`benchmarks/data_speed.py` from a real alpaca file (replicated, perturbed).", "",
              "Wall time of a fresh `analyze()` process (imports included). With data over 16 MB the main "
-             "process loads the tokenizer, hashes the file for the cache key and hands JSON Lines blocks of "
-             "~1 MB to forked workers (one per core), which read, parse, render and count them. CPU: user+sys "
+             "process loads the tokenizer, hashes the file for the cache key and hands blocks of ~1 MB of whole "
+             "records (JSON Lines: lines; a JSON array: elements, found by following strings and brackets) to "
+             "forked workers (one per core), which read, parse, render and count them. CPU: user+sys "
              "of the main process / of its workers summed. Peak RSS of the main process / of one worker (the "
              "workers are forks: their shared pages count in both). Load: the 1-minute load average at the "
              "end of the run. `idle s` = max(main CPU, workers CPU / 2). Cold runs are repeated: on this "
@@ -257,7 +258,7 @@ def write(rows: list[dict], reference: dict | None, args: argparse.Namespace) ->
                          + (f", CPU time {reference['cpu_s'] / cold['cpu_s']:.1f}x (the planner uses both cores)"
                             if "cpu_s" in reference else "") + ".")
     lines += ["", "Reproduce: `python benchmarks/data_speed.py --alpaca ALPACA.json --tokenizer TOKENIZER_DIR "
-              "[--reference-python VENV/bin/python]`", ""]
+              "[--array] [--reference-python VENV/bin/python]`", ""]
     (RESULTS / "data-speed.md").write_text("\n".join(lines))
 
 
