@@ -25,6 +25,7 @@ from planner.data.loaders import (
     Item,
     Scan,
     Source,
+    batches,
     block_items,
     empty_error,
     item_sample,
@@ -115,9 +116,9 @@ def analyze(request: DataRequest, model: ModelSpec, *, progress: bool = True) ->
     if workers and not request.sample:  # JSON Lines are read by the workers themselves
         counted = _in_workers(prep, iter_units(sources, batch=BATCH, block_bytes=BLOCK_BYTES), workers)
     else:
-        batches = _batches(iter_items(sources, sample=request.sample, seed=request.seed, scan=scan,
+        units = batches(iter_items(sources, sample=request.sample, seed=request.seed, scan=scan,
                                       raw=workers > 0), BATCH)
-        counted = _in_workers(prep, batches, workers) if workers else (_work(prep, b) for b in batches)
+        counted = _in_workers(prep, units, workers) if workers else (_work(prep, b) for b in units)
     try:
         for results in counted:
             for total, response in results:
@@ -142,17 +143,6 @@ def _finish(request: DataRequest, stats: DataStats) -> DataStats:
 
         write_plot(stats, request.plot)
     return stats
-
-
-def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
-    batch: list[Item] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _work(prep: Prepared, batch: list[Item] | Block) -> list[tuple[int, int]]:
@@ -181,7 +171,7 @@ def _worker(batch: list[Item] | Block) -> tuple[str, Any]:
         return "error", (exc.message, exc.hint)
 
 
-def _in_workers(prep: Prepared, batches: Iterator[list[Item] | Block], workers: int) -> Iterator[list[tuple[int, int]]]:
+def _in_workers(prep: Prepared, units: Iterator[list[Item] | Block], workers: int) -> Iterator[list[tuple[int, int]]]:
     """Read (JSON Lines blocks), parse, render and count in forked processes: the per-sample work is
     Python and spreads over the cores. Results come back in order."""
     global _WORKER_PREP
@@ -198,8 +188,8 @@ def _in_workers(prep: Prepared, batches: Iterator[list[Item] | Block], workers: 
                 raise UserError(*value)
             return value
 
-        for batch in batches:
-            pending.append(pool.submit(_worker, batch))
+        for unit in units:
+            pending.append(pool.submit(_worker, unit))
             if len(pending) >= 2 * workers:  # a few batches in flight keep memory flat
                 yield result()
         while pending:

@@ -158,14 +158,19 @@ def iter_units(sources: list[Source], *, batch: int, block_bytes: int = 1 << 20)
                 for offset, length, line, after_comma in array_blocks(source.path, size=block_bytes):
                     yield Block(str(source.path), offset, length, line, spec, True, after_comma)
             continue
-        items: list[Item] = []
-        for item in _items(source, True):
-            items.append(item)
-            if len(items) >= batch:
-                yield items
-                items = []
-        if items:
-            yield items
+        yield from batches(_items(source, True), batch)
+
+
+def batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    """Items in lists of `size` (the last one shorter)."""
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def item_sample(item: Item) -> Sample:
