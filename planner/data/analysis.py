@@ -40,7 +40,7 @@ from planner.errors import UserError
 from planner.model_spec import ModelSpec
 
 BATCH = 1024  # samples per batch: per-call overhead is amortized, memory stays small
-BLOCK_BYTES = 1 << 20  # JSON Lines handed to a worker at a time (~1,000 alpaca records)
+BLOCK_BYTES = 1 << 20  # JSON Lines / JSON array bytes handed to a worker at a time (~1,000 alpaca records)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def analyze(request: DataRequest, model: ModelSpec, *, progress: bool = True) ->
     bar = _LazyProgress(progress)
     size = sum(s.path.stat().st_size for s in sources)
     workers = _workers_for(size, request)
-    if workers and not request.sample:  # JSON Lines are read by the workers themselves
+    if workers and not request.sample:  # the workers read JSON Lines and JSON arrays themselves
         counted = _in_workers(prep, iter_units(sources, batch=BATCH, block_bytes=BLOCK_BYTES), workers)
     else:
         units = batches(iter_items(sources, sample=request.sample, seed=request.seed, scan=scan,
@@ -172,7 +172,7 @@ def _worker(batch: list[Item] | Block) -> tuple[str, Any]:
 
 
 def _in_workers(prep: Prepared, units: Iterator[list[Item] | Block], workers: int) -> Iterator[list[tuple[int, int]]]:
-    """Read (JSON Lines blocks), parse, render and count in forked processes: the per-sample work is
+    """Read (blocks of JSON files), parse, render and count in forked processes: the per-sample work is
     Python and spreads over the cores. Results come back in order."""
     global _WORKER_PREP
     _WORKER_PREP = prep  # inherited by the forks

@@ -267,7 +267,6 @@ class FastCounter:
             pos = end
         return total, response
 
-
     def plan(self, shape: Any) -> tuple[int, int, tuple[tuple[bool, bool], ...]] | None:
         """How to count a chat-template skeleton (planner.data.skeleton) without rendering it: the tokens of
         its literal text (constant), plus each slot's own count. Exact when every seam between a literal and

@@ -82,12 +82,16 @@ def line_blocks(path: Path, size: int = 4 << 20) -> Iterator[tuple[int, int, int
 
 def iter_block_lines(path: Path | str, offset: int, length: int, first_line: int) -> Iterator[tuple[int, bytes]]:
     """(line number, raw bytes) of the non-blank lines of one block from line_blocks."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
+    data = _read_range(path, offset, length)
     for number, raw in enumerate(data.split(b"\n"), start=first_line):
         if raw.strip():
             yield number, raw
+
+
+def _read_range(path: Path | str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 
 # A JSON string (complete: group 1 is the closing quote; or cut by the end of the buffer) or a structural byte.
@@ -117,6 +121,16 @@ def array_blocks(path: Path, size: int = 1 << 20, *, read: int = 4 << 20) -> Ite
     depth = 0
     start, start_line, after_comma = -1, 1, False  # the current block: file offset, line, follows a ','
     line, base, buf = 1, 0, b""  # line number and file offset of buf[0]
+
+    def cut(sep: int) -> tuple[int, int, int, bool] | None:
+        """The current block, ended at the top-level ',' at buf[sep], once it is `size` long."""
+        nonlocal start, start_line, after_comma
+        if base + sep - start < size:
+            return None
+        block = start, base + sep - start, start_line, after_comma
+        start, start_line, after_comma = base + sep + 1, line + buf.count(b"\n", 0, sep + 1), True
+        return block
+
     with open(path, "rb") as f:
         chunk = f.read(3)
         if chunk == _BOM:
@@ -126,8 +140,8 @@ def array_blocks(path: Path, size: int = 1 << 20, *, read: int = 4 << 20) -> Ite
             buf += chunk
             eof = not chunk
             i = 0  # scanned up to here
-            cut = False
-            while not cut:
+            scanning = True
+            while scanning:
                 if depth == 1:  # between elements: take whole elements while the pattern covers them
                     m = _ELEMENT.match(buf, i)
                     while m is not None:
@@ -135,13 +149,12 @@ def array_blocks(path: Path, size: int = 1 << 20, *, read: int = 4 << 20) -> Ite
                         if buf[sep] == 0x5D:  # ']': the array's end
                             yield start, base + sep - start, start_line, after_comma
                             return
-                        if base + sep - start >= size:
-                            yield start, base + sep - start, start_line, after_comma
-                            start, start_line = base + sep + 1, line + buf.count(b"\n", 0, sep + 1)
-                            after_comma = True
+                        block = cut(sep)
+                        if block:
+                            yield block
                         i = sep + 1
                         m = _ELEMENT.match(buf, i)
-                cut = True  # unless a token below hands back to the pattern
+                scanning = False  # unless a token below hands back to the pattern
                 for m in _ARRAY_TOKEN.finditer(buf, i):  # token by token: deeper nesting, or a cut element
                     c = buf[m.start()]
                     if depth == 0:
@@ -149,7 +162,7 @@ def array_blocks(path: Path, size: int = 1 << 20, *, read: int = 4 << 20) -> Ite
                             raise _array_error(path, line + buf.count(b"\n", 0, m.start()),
                                                "expected '[' at the start of the file")
                         depth, start, start_line = 1, base + m.end(), line + buf.count(b"\n", 0, m.end())
-                        i, cut = m.end(), False
+                        i, scanning = m.end(), True
                         break
                     if c == 0x22:  # '"'
                         if m.group(1) is None and not eof:  # a string cut by the buffer: read on from it
@@ -163,11 +176,10 @@ def array_blocks(path: Path, size: int = 1 << 20, *, read: int = 4 << 20) -> Ite
                             yield start, base + m.start() - start, start_line, after_comma
                             return
                     elif depth == 1:  # a top-level ','
-                        if base + m.start() - start >= size:
-                            yield start, base + m.start() - start, start_line, after_comma
-                            start, start_line = base + m.end(), line + buf.count(b"\n", 0, m.end())
-                            after_comma = True
-                        i, cut = m.end(), False
+                        block = cut(m.start())
+                        if block:
+                            yield block
+                        i, scanning = m.end(), True
                         break
                 else:
                     i = len(buf)
@@ -186,9 +198,7 @@ def array_blocks(path: Path, size: int = 1 << 20, *, read: int = 4 << 20) -> Ite
 def iter_block_elements(path: Path | str, offset: int, length: int, first_line: int,
                         after_comma: bool = False) -> Iterator[tuple[int, Any]]:
     """(line number, parsed element) of one block from array_blocks; errors name file:line."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
+    data = _read_range(path, offset, length)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
