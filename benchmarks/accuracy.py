@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import run_cases  # noqa: E402
-from benchmarks.matrix import SETS, Case, resolve_model, select  # noqa: E402
+from benchmarks.matrix import SETS, Case, select  # noqa: E402
 from benchmarks.predict import PREDICTORS, predict_tensors  # noqa: E402
 from benchmarks.report import (  # noqa: E402
     error_stats,
@@ -81,7 +81,7 @@ def build_rows(results: list[dict[str, Any]], overheads: DeviceOverheads,
         if r.get("status") != "ok":
             continue
         case = Case.from_json(r["config"])
-        spec, train = resolve_model(case.model), case.train_config()
+        spec, train = case.spec(), case.train_config()
         pred = predict(case)
         measured = measured_peak(r)
         if pred is None or measured is None:

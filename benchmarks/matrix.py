@@ -11,7 +11,7 @@ Cases are ordered by priority: a time-boxed GPU session runs them top down.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from planner.catalog import find_model
@@ -29,14 +29,28 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_model(name: str) -> ModelSpec:
-    """A catalog model (profiles/models) or one of the tiny test architectures."""
+def resolve_model(name: str, layers: int | None = None) -> ModelSpec:
+    """A catalog model (profiles/models) or one of the tiny test architectures.
+
+    layers: a shortened copy with this many decoder layers (a few-layer MoE fits a quick GPU case
+    and still shows what happens to its experts).
+    """
     if name in TINY_CONFIGS:
-        return ModelSpec.from_config(TINY_CONFIGS[name], name=name)
-    entry = find_model(name)
-    if entry is None:
-        raise KeyError(f"model {name!r} is neither in profiles/models nor a tiny test model")
-    return entry.spec
+        config = dict(TINY_CONFIGS[name])
+    else:
+        entry = find_model(name)
+        if entry is None:
+            raise KeyError(f"model {name!r} is neither in profiles/models nor a tiny test model")
+        if not layers:
+            return entry.spec
+        config = dict(entry.spec.config)
+    if layers:
+        config["num_hidden_layers"] = layers
+        for key in ("layer_types", "mlp_only_layers"):  # per-layer lists follow the depth
+            if isinstance(config.get(key), list):
+                config[key] = config[key][:layers]
+        name = f"{name}-{layers}L"
+    return ModelSpec.from_config(config, name=name)
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,14 @@ class Case:
     steps: int = 3  # optimizer steps; the peak is reached at step 2 (optimizer states exist)
     budget_bytes: int | None = None  # cap the allocator so that allocator + context fit this budget
     group: str = "calibration"
+    # k-bit recipe: "peft" = prepare_model_for_kbit_training (fp32 upcast of every non-quantized weight),
+    # "llamafactory" = LLaMA-Factory's prepare_model_for_training (no upcast by default)
+    recipe: str = "peft"
+    env: dict[str, str] = field(default_factory=dict)  # environment of the measuring process (allocator)
+    layers: int | None = None  # shortened model (resolve_model)
+
+    def spec(self) -> ModelSpec:
+        return resolve_model(self.model, self.layers)
 
     def train_config(self) -> TrainConfig:
         train = dict(self.train)
@@ -62,17 +84,28 @@ class Case:
         return t.per_device_train_batch_size * t.cutoff_len
 
     def key(self) -> tuple:
-        """What is measured, regardless of the name: (model, every TrainConfig field, budget)."""
-        return (self.model, tuple(sorted(self.train_config().to_json().items())), self.budget_bytes)
+        """What is measured, regardless of the name: (model, every TrainConfig field, budget, recipe, env)."""
+        return (self.model, tuple(sorted(self.train_config().to_json().items())), self.budget_bytes,
+                self.recipe, tuple(sorted(self.env.items())), self.layers)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model, "train": dict(self.train), "steps": self.steps,
-                "budget_bytes": self.budget_bytes, "group": self.group}
+        out = {"name": self.name, "model": self.model, "train": dict(self.train), "steps": self.steps,
+               "budget_bytes": self.budget_bytes, "group": self.group}
+        # only when set, so results written before these fields existed keep their exact form
+        out.update({k: v for k, v in (("recipe", self.recipe if self.recipe != "peft" else None),
+                                      ("env", dict(self.env) or None), ("layers", self.layers)) if v})
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Case:
         return cls(name=d["name"], model=d["model"], train=dict(d.get("train") or {}), steps=int(d.get("steps", 3)),
-                   budget_bytes=d.get("budget_bytes"), group=d.get("group", "calibration"))
+                   budget_bytes=d.get("budget_bytes"), group=d.get("group", "calibration"),
+                   recipe=d.get("recipe") or "peft", env=dict(d.get("env") or {}), layers=d.get("layers"))
+
+    def but(self, name: str, **changes: Any) -> Case:
+        """A copy under another name with some fields changed (`train` entries merged)."""
+        train = {**self.train, **changes.pop("train", {})}
+        return replace(self, name=name, train=train, **changes)
 
 
 def case(prefix: str, model: str, method: str, seq: int, batch: int, *, ckpt: bool = True, liger: bool = False,
@@ -165,6 +198,40 @@ ACCURACY: tuple[Case, ...] = (
     case("acc", Q14, "qlora", 4096, 1),
 )
 
+# Open questions, each answered by a pair (or a single case) measured in the same GPU session; never fitted.
+# The session's default allocator setting is expandable_segments:True (what the runner launches with);
+# NO_EXPANDABLE runs the caching allocator's default instead.
+NO_EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": ""}
+
+
+def _pair(base: Case, suffix_a: str, suffix_b: str, **b_changes: Any) -> tuple[Case, Case]:
+    a = base.but(f"{base.name}-{suffix_a}", group="questions")
+    return a, base.but(f"{base.name}-{suffix_b}", group="questions", **b_changes)
+
+
+_RECIPE = case("q", Q7, "qlora", 2048, 2)
+_EXPANDABLE_LONG = case("q", Q3, "lora", 16384, 1)
+_EXPANDABLE_FULL = case("q", Q05, "full", 2048, 4, ckpt=False)
+_LIGER = case("q", Q7, "lora", 4096, 2)
+_LIGER_Q = case("q", L8, "qlora", 8192, 1)
+QUESTIONS: tuple[Case, ...] = (
+    # QLoRA: peft's prepare_model_for_kbit_training (fp32 embeddings/lm_head/norms) vs LLaMA-Factory's recipe
+    *_pair(_RECIPE, "peft", "llamafactory", recipe="llamafactory"),
+    # reserved - allocated with and without expandable segments
+    *_pair(_EXPANDABLE_LONG, "expandable", "default-alloc", env=NO_EXPANDABLE),
+    *_pair(_EXPANDABLE_FULL, "expandable", "default-alloc", env=NO_EXPANDABLE),
+    # Liger Kernel on vs off, everything else equal
+    *_pair(_LIGER, "no-liger", "liger", train={"use_liger_kernel": True}),
+    *_pair(_LIGER_Q, "no-liger", "liger", train={"use_liger_kernel": True}),
+    # a few-layer MoE in 4-bit (transformers 5 fused experts): measured vs the analytic MoE model
+    Case("q-qwen3-30b-a3b-4l-qlora-r16-s2048-b2-ckpt", "Qwen3-30B-A3B",
+         case("q", "Qwen3-30B-A3B", "qlora", 2048, 2).train, group="questions", layers=4),
+    Case("q-mixtral-8x7b-2l-lora-r16-s2048-b1-ckpt", "Mixtral-8x7B-v0.1",
+         case("q", "Mixtral-8x7B-v0.1", "lora", 2048, 1).train, group="questions", layers=2),
+)
+# One configuration measured alone (nothing else on the card) and again beside other cases.
+ISOLATION = case("iso", Q05, "qlora", 1024, 2)
+
 # CPU smoke runs (CI): the same code path on tiny models in seconds.
 SMOKE_CALIBRATION: tuple[Case, ...] = (
     case("cal", "tiny", "lora", 64, 1, steps=2),
@@ -180,7 +247,7 @@ SMOKE_ACCURACY: tuple[Case, ...] = (
 
 SETS: dict[str, tuple[Case, ...]] = {
     "calibration": CALIBRATION, "accuracy": ACCURACY,
-    "smoke-calibration": SMOKE_CALIBRATION, "smoke-accuracy": SMOKE_ACCURACY,
+    "smoke-calibration": SMOKE_CALIBRATION, "smoke-accuracy": SMOKE_ACCURACY, "questions": QUESTIONS,
 }
 
 

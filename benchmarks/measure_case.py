@@ -25,7 +25,7 @@ import traceback
 from importlib import metadata
 from typing import Any
 
-from benchmarks.matrix import Case, resolve_model
+from benchmarks.matrix import Case
 from planner.params import count_params
 
 FORMAT = 1
@@ -50,6 +50,7 @@ def nvml_handle():
 
 
 def nvml_used(handle) -> int | None:
+    """Memory used on the whole card (every process)."""
     if handle is None:
         return None
     import pynvml
@@ -57,13 +58,36 @@ def nvml_used(handle) -> int | None:
     return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
 
 
-class NvmlPeak:
-    """Max device memory used, overall and per phase (phase_fn names the current phase), every 5 ms."""
+def nvml_own(handle, pid: int | None = None) -> int | None:
+    """This process's device memory as the driver lists it (context + allocator + libraries), or None
+    where the driver does not list it (no permission, another PID namespace). Unlike the card-wide
+    figure it stays true while other measurements share the card."""
+    if handle is None:
+        return None
+    import pynvml
 
-    def __init__(self, handle, phase_fn, interval_s: float = 0.005):
+    pid = os.getpid() if pid is None else pid
+    try:
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except Exception:
+        return None
+    for p in procs:
+        if int(p.pid) == pid:
+            used = getattr(p, "usedGpuMemory", None)
+            return int(used) if used is not None else None
+    return None
+
+
+class NvmlPeak:
+    """Max device memory, overall and per phase (phase_fn names the current phase), sampled every 10 ms:
+    the card-wide `used` and this process's own usage (when the driver lists it)."""
+
+    def __init__(self, handle, phase_fn, interval_s: float = 0.01):
         self.handle, self.phase_fn, self.interval_s = handle, phase_fn, interval_s
         self.max_used = 0
+        self.max_own = 0
         self.by_phase: dict[str, int] = {}
+        self.own_by_phase: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nvml-peak", daemon=True)
 
@@ -71,12 +95,16 @@ class NvmlPeak:
         used = nvml_used(self.handle)
         if used is None:
             return
+        own = nvml_own(self.handle)
         phase = self.phase_fn()
         self.max_used = max(self.max_used, used)
         self.by_phase[phase] = max(self.by_phase.get(phase, 0), used)
+        if own is not None:
+            self.max_own = max(self.max_own, own)
+            self.own_by_phase[phase] = max(self.own_by_phase.get(phase, 0), own)
 
     def reset(self) -> None:
-        self.max_used, self.by_phase = 0, {}
+        self.max_used, self.max_own, self.by_phase, self.own_by_phase = 0, 0, {}, {}
         self.sample()
 
     def _loop(self) -> None:
@@ -93,6 +121,18 @@ class NvmlPeak:
             self._stop.set()
             self._thread.join(timeout=1.0)
         self.sample()
+
+
+def context_bytes(torch, handle, baseline: int | None) -> int | None:
+    """Device memory outside the caching allocator right now: this process's usage when listed,
+    else the card's usage over the baseline (true only while nothing else runs on the card)."""
+    own = nvml_own(handle)
+    if own is not None:
+        return own - torch.cuda.memory_reserved()
+    used = nvml_used(handle)
+    if used is None or baseline is None:
+        return None
+    return used - baseline - torch.cuda.memory_reserved()
 
 
 # -- stack -----------------------------------------------------------------------------------------------
@@ -144,7 +184,7 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
     from runner.build import make_batch
     from runner.step import make_optimizer, train_step
 
-    spec, train = resolve_model(case.model), case.train_config()
+    spec, train = case.spec(), case.train_config()
     # Memory: two micro-batches show accumulation (more repeat the second). Throughput cases
     # (config_quality) run every micro-batch, so the optimizer step is amortized as in training.
     micro = max(1, train.gradient_accumulation_steps) if case.group == "quality" else micro_batches(train)
@@ -163,10 +203,10 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
             torch.zeros(1, device="cuda")
             torch.cuda.synchronize()
             res["gpu"] = gpu_info(torch, handle)
-            init_used = nvml_used(handle)
-            if init_used is not None and baseline is not None:
-                res["context"] = {"baseline_used_bytes": baseline,
-                                  "at_init_bytes": init_used - baseline - torch.cuda.memory_reserved()}
+            at_init = context_bytes(torch, handle, baseline)
+            if at_init is not None:
+                res["context"] = {"baseline_used_bytes": baseline, "at_init_bytes": at_init,
+                                  "source": "process" if nvml_own(handle) is not None else "device"}
             probe = CudaPhases(torch)
             sampler = NvmlPeak(handle, lambda: probe.phase)
             sampler.start()
@@ -174,7 +214,7 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
         else:
             res["gpu"] = {"name": "cpu", "vendor": "cpu"}
         t0 = time.perf_counter()
-        model, notes = build_for_measure(spec, train, device="cuda" if cuda else "cpu")
+        model, notes = build_for_measure(spec, train, device="cuda" if cuda else "cpu", recipe=case.recipe)
         res["notes"] += notes
         optimizer, note = make_optimizer(model, train)
         res["notes"] += [note] if note else []
@@ -323,8 +363,7 @@ def _warm_up_and_cap(torch, model, optimizer, batches, train, budget: int, handl
     gc.collect()
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
-    used = nvml_used(handle)
-    context = (used - baseline - torch.cuda.memory_reserved()) if used is not None and baseline is not None else 0
+    context = context_bytes(torch, handle, baseline) or 0
     fraction = (budget - context) / total
     res["context"].update({"after_warmup_bytes": context, "budget_bytes": budget, "memory_fraction": fraction})
     if fraction <= 0 or torch.cuda.memory_reserved() > budget - context:
@@ -347,11 +386,20 @@ def _fill_peaks(res: dict[str, Any], summary: dict[str, Any], sampler, baseline,
     peak = {"phase": peak_phase, "allocated_bytes": phases[peak_phase]}
     if cuda:
         peak["reserved_bytes"] = max(reserved.get(p, 0) for p in train_phases)
-        if sampler is not None and sampler.max_used and baseline is not None:
-            peak["device_bytes"] = sampler.max_used - baseline
-            for p, used in sampler.by_phase.items():
+        if sampler is not None and sampler.max_own:
+            # this process's own usage: true whatever else shares the card
+            peak["device_bytes"], peak["device_source"] = sampler.max_own, "process"
+            for p, used in sampler.own_by_phase.items():
                 if p in res["phases"]:
-                    res["phases"][p]["device_bytes"] = used - baseline
+                    res["phases"][p]["device_bytes"] = used
+        if sampler is not None and sampler.max_used and baseline is not None:
+            # the card's usage over its usage before this process started CUDA (true when alone)
+            peak["device_total_delta_bytes"] = sampler.max_used - baseline
+            if "device_bytes" not in peak:
+                peak["device_bytes"], peak["device_source"] = sampler.max_used - baseline, "device"
+                for p, used in sampler.by_phase.items():
+                    if p in res["phases"]:
+                        res["phases"][p]["device_bytes"] = used - baseline
     else:  # no caching allocator on the CPU: reserved = live tensors; the process RSS stands for "device"
         peak["reserved_bytes"] = phases[peak_phase]
         peak["device_bytes"] = _rss_max_bytes()

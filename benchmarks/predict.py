@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from benchmarks.matrix import Case, resolve_model
+from benchmarks.matrix import Case
 from planner.gpu_spec import GpuSetup, GpuSpec
 
 PREDICTORS = ("auto", "analytic", "simulate")
@@ -39,7 +39,7 @@ def predict_tensors(case: Case, *, predictor: str = "auto", gpu: GpuSpec | None 
     """
     if predictor == "auto":
         predictor = "analytic" if analytic_available() else "simulate"
-    spec, train = resolve_model(case.model), case.train_config()
+    spec, train = case.spec(), case.train_config()
     if predictor == "analytic":
         from planner.memory import estimate_memory
 
