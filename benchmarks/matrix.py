@@ -210,7 +210,7 @@ def _pair(base: Case, suffix_a: str, suffix_b: str, **b_changes: Any) -> tuple[C
 
 
 _RECIPE = case("q", Q7, "qlora", 2048, 2)
-_EXPANDABLE_LONG = case("q", Q3, "lora", 16384, 1)
+_EXPANDABLE_LONG = case("q", Q3, "lora", 8192, 1)
 _EXPANDABLE_FULL = case("q", Q05, "full", 2048, 4, ckpt=False)
 _LIGER = case("q", Q7, "lora", 4096, 2)
 _LIGER_Q = case("q", L8, "qlora", 8192, 1)

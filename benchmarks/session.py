@@ -7,7 +7,7 @@ cases interleaved (the cases that fit the most constants and cover the most meth
 
 Several cases run at once, each in its own process (benchmarks/harness.py: a fresh CUDA context and
 allocator), whenever their reserved device memory fits together under `fill` of the card (default
-85%); a case's reservation is its predicted device peak x 1.2 + 1 GiB, a budgeted max-context probe
+85%); a case's reservation is its predicted device peak x 1.1 + 1 GiB, a budgeted max-context probe
 reserves its whole budget. Each process reports its own device memory from NVML's per-process list,
 so neighbours do not leak into its figures; the isolation case is measured alone and again beside
 others to show it.
@@ -54,7 +54,7 @@ from benchmarks.matrix import (  # noqa: E402
 
 GIB = 1 << 30
 FILL = 0.85  # never reserve more than this share of the card for running cases together
-RESERVE_FACTOR, RESERVE_PAD = 1.2, 1 * GIB  # reservation = predicted device peak x 1.2 + 1 GiB
+RESERVE_FACTOR, RESERVE_PAD = 1.1, 1 * GIB  # reservation = predicted device peak x 1.1 + 1 GiB
 # The allocator setting the runner launches training with (and so the one to calibrate).
 SESSION_ENV = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 MIN_START_S = 35.0  # no new case with less time than this left before the deadline
@@ -252,7 +252,7 @@ class Scheduler:
 
 # -- the queue ------------------------------------------------------------------------------------------------
 def reserve_for(c: Case, *, device: str) -> int:
-    """Device memory to set aside while `c` runs: its whole budget, else the predicted peak x 1.2 + 1 GiB."""
+    """Device memory to set aside while `c` runs: its whole budget, else the predicted peak x 1.1 + 1 GiB."""
     if c.budget_bytes:
         return int(c.budget_bytes)
     from benchmarks.predict import predict_tensors
