@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_session.sh                      # everything, one priority queue (benchmarks/session.py)
 #   DEADLINE_S=3000 bash benchmarks/gpu_session.sh      # your own card, no hurry
+#   DEADLINE_S=200 SESSION_ARGS=--followup bash benchmarks/gpu_session.sh   # a short second call
 #
 # Installs the wheels in .whl/ (bitsandbytes, liger-kernel, deepspeed, peft; see benchmarks/README.md)
 # into /tmp/site, records the stack, then runs the queue: a canary that is also the isolation case
@@ -48,7 +49,8 @@ cat "$OUT/stack.txt" >&2
 
 left=$(( DEADLINE_S - ($(date +%s) - t0) ))
 timeout --signal=INT --kill-after=15 $(( left + 20 )) \
-  python3 benchmarks/session.py --device cuda --deadline-s "$left" --out-dir "$run" 2>&1 | tee "$OUT/session.log"
+  python3 benchmarks/session.py --device cuda --deadline-s "$left" --out-dir "$run" ${SESSION_ARGS:-} 2>&1 \
+  | tee "$OUT/session.log"
 status=${PIPESTATUS[0]}
 cp "$run/rows.jsonl" "$run/session.json" "$OUT"/ 2>/dev/null
 echo "session exit $status after $(( $(date +%s) - t0 )) s; rows: $(wc -l < "$run/rows.jsonl" 2>/dev/null || echo 0)" >&2
