@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         res["error"] = "needs CUDA"
     else:
         res["gpu"] = {"name": torch.cuda.get_device_name(0)}
-        backends = {"default": None, **{b.name.lower(): b for b in SDPBackend if b.name != "ERROR"}}
+        # SDPBackend is a pybind11 enum (not iterable): name the kernels one by one
+        backends = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                    "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
         rows = []
         for label, h, kv, s, d in SHAPES:
             for dtype in (torch.float32, torch.bfloat16):

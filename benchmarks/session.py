@@ -513,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", nargs="*", help="max-context budgets (default all; none: skip)")
     ap.add_argument("--followup", action="store_true",
                     help="the second call's queue: held-out set first, then what a first call left")
-    ap.add_argument("--analyse", type=Path, metavar="ROWS", help="write the reports from a rows.jsonl")
+    ap.add_argument("--analyse", type=Path, nargs="+", metavar="ROWS",
+                    help="write the reports from one or more calls' rows.jsonl (each beside its session.json)")
     ap.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     if args.analyse:

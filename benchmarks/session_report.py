@@ -104,10 +104,19 @@ def schedule_summary(session: dict[str, Any] | None, rows: list[dict[str, Any]])
             "status_counts": session.get("status_counts")}
 
 
-def analyse(rows_path: Path, *, results_dir: Path, raw: Path | None = None) -> int:
-    rows = read_rows(rows_path)
-    session_path = rows_path.with_name("session.json")
-    session = json.loads(session_path.read_text()) if session_path.is_file() else None
+def analyse(rows_paths: Path | list[Path], *, results_dir: Path, raw: Path | None = None) -> int:
+    """Reports from the rows of one or more calls (a later call's row replaces an earlier one of the same name)."""
+    paths = [rows_paths] if isinstance(rows_paths, Path) else list(rows_paths)
+    by_name: dict[str, dict[str, Any]] = {}
+    sessions = []
+    for call, path in enumerate(paths, 1):
+        for r in read_rows(path):
+            r.setdefault("session", {})["call"] = call
+            by_name[(r.get("config") or {}).get("name", f"row{len(by_name)}")] = r
+        session_path = path.with_name(path.name.replace("rows.jsonl", "session.json"))  # callN-rows -> callN-session
+        if session_path.is_file():
+            sessions.append(json.loads(session_path.read_text()))
+    rows = list(by_name.values())
     raw = raw or ROOT / "out" / "gpu-session" / "raw"
     groups = unpack(rows, raw)
     ok = [r for r in rows if r.get("status") == "ok" and r.get("device")]
@@ -129,6 +138,8 @@ def analyse(rows_path: Path, *, results_dir: Path, raw: Path | None = None) -> i
         cal_path = (ROOT / "profiles" / "calibration" / f"{cal.slug()}.json" if device == "cuda"
                     else results_dir / f"calibration-{label}.json")
         cal.write(cal_path)
+        if Path.cwd() == ROOT and cal_path.is_relative_to(ROOT):  # reports name it relative to the project
+            cal_path = cal_path.relative_to(ROOT)
         q = cal.fit_quality
         cal_note = (f"{cal_path.name}: {q['n']} points, median |error| {q['median_abs_error']:.2%}, "
                     f"max {q['max_abs_error']:.2%}")
@@ -146,7 +157,7 @@ def analyse(rows_path: Path, *, results_dir: Path, raw: Path | None = None) -> i
 
     doc = {"gpu": gpu_name, "label": label, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "stack": ok[0].get("stack") if ok else {}, "calibration": cal_note,
-           "schedule": schedule_summary(session, rows),
+           "schedule": [schedule_summary(s, rows) for s in sessions],
            "isolation": isolation_rows(groups.get("isolation", [])),
            "questions": pair_rows(groups.get("questions", []), device),
            "accuracy": (acc_doc or {}).get("summary", {}).get("vramplan")}
@@ -157,15 +168,15 @@ def analyse(rows_path: Path, *, results_dir: Path, raw: Path | None = None) -> i
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    s = doc["schedule"]
     lines = [f"# GPU session on {doc['gpu']}\n", f"Created {doc['created']}. Stack: "
              + ", ".join(f"{k} {v}" for k, v in (doc.get("stack") or {}).items() if v) + ".\n",
              f"Calibration: {doc['calibration']}.\n"]
-    if s:
-        lines.append(f"Schedule: {s['cases_started']} cases started in {s['elapsed_s']} s, up to {s['max_concurrent']} "
-                     f"at once; largest reserved sum {fmt_gib(s['max_reserved_bytes'])} GiB of a "
-                     f"{fmt_gib(s['limit_bytes'])} GiB limit ({fmt_gib(s['card_bytes'])} GiB card); "
-                     f"oversubscribed starts: {s['oversubscribed']}. Results: {s['status_counts']}.\n")
+    for call, s in enumerate(doc["schedule"], 1):
+        if s:
+            lines.append(f"Call {call}: {s['cases_started']} cases started in {s['elapsed_s']} s, up to "
+                         f"{s['max_concurrent']} at once; largest reserved sum {fmt_gib(s['max_reserved_bytes'])} GiB "
+                         f"of a {fmt_gib(s['limit_bytes'])} GiB limit ({fmt_gib(s['card_bytes'])} GiB card); "
+                         f"oversubscribed starts: {s['oversubscribed']}. Results: {s['status_counts']}.\n")
     iso = doc["isolation"]
     if iso:
         head = ["run", "status", "allocated GiB", "reserved GiB", "device GiB (own process)",

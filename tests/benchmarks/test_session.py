@@ -88,7 +88,7 @@ def test_cpu_session_end_to_end(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("peft")
     args = argparse.Namespace(device="cpu", smoke=True, out_dir=tmp_path / "run", deadline_s=400.0, timeout_s=200.0,
-                              fill=0.85, max_parallel=2, card_gib=0.05, budgets=[])
+                              fill=0.85, max_parallel=2, card_gib=0.05, budgets=[], followup=False)
     assert session.run_session(args) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "rows.jsonl").read_text().splitlines()]
     names = {r["config"]["name"]: r for r in rows}
@@ -108,6 +108,6 @@ def test_cpu_session_end_to_end(tmp_path):
     assert analyse(tmp_path / "run" / "rows.jsonl", results_dir=results, raw=tmp_path / "raw") == 0
     report = json.loads((results / "gpu-session-cpu-smoke.json").read_text())
     assert report["isolation"]["difference"]["allocated"] == 0
-    assert report["schedule"]["oversubscribed"] == 0
+    assert report["schedule"][0]["oversubscribed"] == 0
     assert (results / "accuracy-cpu-smoke.md").is_file() and (results / "calibration-cpu-smoke.json").is_file()
     assert (tmp_path / "raw" / "calibration").is_dir()
