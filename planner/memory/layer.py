@@ -81,7 +81,7 @@ def attention_fwd(t: Tape, S: Shape, run: LayerRun, x: str, x_dtype: int, x_rg: 
     core_rg = x_rg or wt or any(p.lora for p in projs[:-1])
     run.dtypes["core_rg"] = int(core_rg)
     save_core = save and core_rg
-    if S.attn == "eager":
+    if S.attn in ("eager", "math"):  # math: CUDA SDPA's fallback kernel (shape.sdpa_falls_back_to_math)
         grouped = S.kv_heads < H
         if grouped:  # repeat_kv materializes k and v at num_heads
             ke = t.new("k_rep", tk(c * S.q))
@@ -127,9 +127,8 @@ def attention_fwd(t: Tape, S: Shape, run: LayerRun, x: str, x_dtype: int, x_rg: 
     else:
         # sdpa / flash: saves q, k, v (at num_kv_heads: GQA inside the kernel), output and fp32 logsumexp.
         # The CPU oracle runs _scaled_dot_product_flash_attention_for_cpu, which saves the same set as
-        # CUDA flash (plus a few bytes of RNG state there). Not modeled, to check on a card: CUDA
-        # mem-efficient attention pads the logsumexp to 32 rows, and fp32 + GQA may fall back to the
-        # math kernel, which keeps the s x s probabilities like eager.
+        # CUDA flash (plus a few bytes of RNG state there). Not modeled: CUDA mem-efficient attention pads
+        # the logsumexp to 32 rows. fp32 + GQA on CUDA runs the math kernel: S.attn == "math" above.
         if S.amp:  # autocast casts the fp32 rotary outputs back to the compute dtype
             q16, k16 = t.new("q_cast", tk(c * S.q)), t.new("k_cast", tk(c * S.kv))
             t.drop(qr, kr)
@@ -156,7 +155,7 @@ def attention_bwd(t: Tape, S: Shape, run: LayerRun, g: str, x_dtype: int, x_rg: 
     if not core_rg:
         core.release(t)
         return None
-    if S.attn == "eager":
+    if S.attn in ("eager", "math"):
         gp = t.new("g_probs", sq(c * H))
         gv = t.new("g_v", tk(c * S.q))
         t.drop(go)
@@ -166,6 +165,12 @@ def attention_bwd(t: Tape, S: Shape, run: LayerRun, g: str, x_dtype: int, x_rg: 
             t.drop(gp)
             gp = g32
         gm = t.new("g_masked", sq(4 * H))
+        if S.attn == "math":
+            # one more fp32 s x s x heads tensor in the softmax backward than eager's recipe has: fitted to
+            # the H200 measurements of Llama-3.1-8B QLoRA (peft upcast), 3,312-12,288 tokens, where the
+            # gap to the eager recipe was 124.7 +- 0.3 bytes per token^2 = 3.9 bytes per head element
+            extra = t.new("math_softmax_bwd_extra", sq(4 * H))
+            t.drop(extra)
         t.drop(gp)
         core.release(t, "softmax")
         if c != 4:

@@ -52,7 +52,7 @@ class Shape:
     a: int  # bytes of LoRA adapter weights and their activations
     w: int  # bytes of trainable base weights (their gradients have the same dtype)
     mask_b: int  # bytes per element of a dropout mask: the input dtype on CPU, bool (1) on CUDA
-    attn: str  # sdpa | eager | flash_attention_2
+    attn: str  # sdpa | eager | flash_attention_2 | math (CUDA SDPA's math kernel: sdpa_falls_back_to_math)
     gemma: bool  # Gemma-2 layer: 4 norms, (1 + w) RMSNorm in fp32, tanh soft-capping
     attn_softcap: bool
     final_softcap: bool
@@ -118,6 +118,20 @@ def resolve_attn(spec: ModelSpec, train: TrainConfig) -> str:
     return impl
 
 
+def sdpa_falls_back_to_math(spec: ModelSpec, attn: str, c: int, device: str) -> bool:
+    """True where CUDA SDPA runs its math kernel, which keeps the s x s probabilities as eager does.
+
+    transformers hands grouped-query heads to SDPA with enable_gqa=True (no mask for unpadded rows); the
+    flash kernel takes only 16-bit inputs and the memory-efficient kernel no enable_gqa, so fp32 q/k/v
+    with GQA (peft's k-bit upcast, or plain fp32 training) leave only the math kernel. Measured on an H200
+    (benchmarks/results/gpu-session-h200-141g.md): Llama-3.1-8B QLoRA at 8,192 tokens allocated 44.4 GiB
+    after prepare_model_for_kbit_training and 19.7 GiB without the upcast (bf16 q/k/v: flash); the
+    largest trainable cutoff grew as s^2 (24/40/80 GB: 4,896 / 6,912-10,368 / 11,008 tokens).
+    The CPU's flash kernel takes fp32 and GQA, so the CPU oracles never see this.
+    """
+    return device == "cuda" and attn == "sdpa" and c == 4 and spec.num_kv_heads < spec.num_heads
+
+
 @lru_cache(maxsize=2048)
 def layer_shape(spec: ModelSpec, train: TrainConfig, device: str, grad_scale: float = 1.0,
                 grads_resident: bool = False) -> Shape:
@@ -163,12 +177,15 @@ def layer_shape(spec: ModelSpec, train: TrainConfig, device: str, grad_scale: fl
     if lora and train.deepspeed_stage and train.dtype != "fp32":
         a = DTYPE_BYTES[train.dtype]
     gemma = spec.model_type == "gemma2"
+    attn = resolve_attn(spec, train)
+    if sdpa_falls_back_to_math(spec, attn, c, device):
+        attn = "math"  # saves what eager attention saves (repeated k/v, fp32 probs), without eager's 4-D mask
     return Shape(
         h=spec.hidden_size, i=inter, q=spec.num_heads * spec.head_dim, kv=spec.num_kv_heads * spec.head_dim,
         heads=spec.num_heads, kv_heads=spec.num_kv_heads, head_dim=spec.head_dim, vocab=spec.vocab_size,
         layers=spec.num_layers, c=c, cr=cr, cn=cn, cl=cl, a=a, w=DTYPE_BYTES[train.dtype],
         mask_b=(a if lora else c) if device == "cpu" else 1,
-        attn=resolve_attn(spec, train), gemma=gemma,
+        attn=attn, gemma=gemma,
         # Gemma2Config defaults: attn_logit_softcapping=50.0, final_logit_softcapping=30.0 (None switches off)
         attn_softcap=gemma and spec.config.get("attn_logit_softcapping", 50.0) is not None,
         final_softcap=gemma and spec.config.get("final_logit_softcapping", 30.0) is not None,
