@@ -354,11 +354,20 @@ def _cpu_probe(model, optimizer, train, batches, budget, notes: list[str]):
         return RssProbe()
 
 
+WARM_UP_TOKENS = 256  # per row: enough to load the step's kernels, small enough to stay inside the budget
+
+
 def _warm_up_and_cap(torch, model, optimizer, batches, train, budget: int, handle, baseline, res) -> None:
-    """One uncapped step (loads the kernels into the context), then cap the allocator to budget - context."""
+    """One short uncapped step (loads the kernels into the context), then cap the allocator to budget - context.
+
+    The warm-up rows are cut to WARM_UP_TOKENS: a full-length uncapped step could take more than the
+    budget, which is the card of a case running beside others in a GPU session (seen on an H200: a
+    15,824-token probe failed its uncapped warm-up while neighbours held the rest of the card).
+    """
     from runner.step import train_step
 
-    train_step(model, optimizer, batches, train)
+    short = [{k: v[:, :WARM_UP_TOKENS] for k, v in b.items()} for b in batches]
+    train_step(model, optimizer, short, train)
     torch.cuda.synchronize()
     gc.collect()
     torch.cuda.empty_cache()
