@@ -12,7 +12,7 @@ search runs with the file's method, rank and cutoff pinned and the differences a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import yaml
 
 from planner.errors import Infeasible, UserError
 from planner.gpu_spec import GpuSetup
+from planner.memory.breakdown import gpu_limit_bytes
 from planner.model_spec import ModelSpec
 from planner.train_config import TrainConfig
 
@@ -65,6 +66,8 @@ class CheckResult:
                       f"{self.config.cutoff_len}, micro batch {self.config.per_device_train_batch_size} on "
                       f"{s.count} x {s.gpu.name}: {verdict} (peak {self.memory.peak_bytes / GIB:.1f} GiB, limit "
                       f"{self.limit_bytes / GIB:.1f} GiB = {s.gpu.memory_bytes / GIB:.1f} GiB - {self.margin:.0%})")
+        for line in (self.memory.shortfalls() if hasattr(self.memory, "shortfalls") else []):
+            console.print(f"[red]Does not fit[/] ({line}).")
         for w in self.warnings:
             console.print(f"[yellow]warning:[/] {w}")
         if self.changes:
@@ -273,8 +276,10 @@ def check_config(path: str | Path, setup: GpuSetup, *, margin: float | None = No
     margin = DEFAULT_MARGIN if margin is None else margin
     estimate = estimator or default_estimator()
     mem = estimate(spec, train, setup)
-    limit = int(mem.budget_bytes * (1 - margin))
-    fits = mem.peak_bytes <= limit
+    if hasattr(mem, "margin"):
+        mem = replace(mem, margin=margin)
+    limit = gpu_limit_bytes(mem.budget_bytes, margin)
+    fits = mem.peak_bytes <= limit and getattr(mem, "host_fits", True)
     pinned = {k: getattr(train, k) for k in ("finetuning_type", "quantization_bit", "lora_rank", "lora_alpha",
                                               "lora_target", "cutoff_len", "dtype", "amp")}
     changes, suggestion = [], ""

@@ -39,6 +39,9 @@ def _common(f):
                    "Default: the GPUs on this machine, else RTX4090.")
 @click.option("--gpus", type=int, metavar="N", help="GPUs per node (default: all found, else 1).")
 @click.option("--nodes", type=int, default=1, show_default=True, metavar="M", help="Number of nodes.")
+@click.option("--host-mem", "host_mem", metavar="SIZE",
+              help="Host RAM per node (512G, 2TB) for ZeRO offload and the GPU processes. Default: this "
+                   "machine's RAM when planning for its GPUs, else a stated default for the card class.")
 @click.option("--offline", is_flag=True, help="Never touch the network (same as HF_HUB_OFFLINE=1).")
 @data_options
 @memory_options
@@ -64,6 +67,14 @@ def cli(ctx, model, gpu, gpus, nodes, offline, fmt, debug, **options):
     plan --model ./my-model --data my.json --apply      train with the plan, predicted vs measured
     plan --check train.yaml                             does an existing config fit?
     plan models | plan gpus | plan calibrate            catalogs; refit from logged runs
+
+    \b
+    Exit status:
+      0  a recommended (or --fixed / --check) config fits every budget: the device
+         peak within the safety margin, and host RAM per node
+      1  nothing fits (the closest config and the smallest changes are printed),
+         or the --fixed / --check config does not fit (margin included)
+      2  bad input (a flag, a file); 3 internal error; 130 interrupted
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -96,7 +107,8 @@ def _check(path, *, gpu, gpus, nodes, options, fmt):
     from planner.gpus import resolve_setup
     from planner.render import dump, stdout_console
 
-    result = check_config(path, resolve_setup(gpu, gpus=gpus, nodes=nodes), margin=options.get("margin"))
+    result = check_config(path, resolve_setup(gpu, gpus=gpus, nodes=nodes, host_mem=options.get("host_mem")),
+                          margin=options.get("margin"))
     if fmt == "table":
         result.render(stdout_console())
     else:

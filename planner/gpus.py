@@ -103,18 +103,39 @@ def _spec_from_detected(d: DetectedGpu) -> GpuSpec:
                    source="NVML (card not in the catalog: no peak TFLOP/s known)")
 
 
-def resolve_setup(gpu: str | None, *, gpus: int | None = None, nodes: int = 1) -> GpuSetup:
-    """What to plan for: `--gpu` when given, else the cards NVML sees, else the catalog's default card."""
+def resolve_setup(gpu: str | None, *, gpus: int | None = None, nodes: int = 1,
+                  host_mem: str | None = None) -> GpuSetup:
+    """What to plan for: `--gpu` when given, else the cards NVML sees, else the catalog's default card.
+
+    Host RAM per node: `host_mem` (--host-mem) when given; this machine's RAM when the plan is for this
+    machine (its GPUs were detected, or --gpu cpu); else left to the card-class default
+    (planner.host_memory.default_host_ram), so the search and the final check read one figure.
+    """
     if gpus is not None and gpus < 1:
         raise UserError(f"--gpus {gpus}: needs at least 1 GPU per node.")
     if nodes < 1:
         raise UserError(f"--nodes {nodes}: needs at least 1 node.")
+    setup = _resolve_cards(gpu, gpus=gpus, nodes=nodes)
+    if host_mem is not None:
+        from planner.host_memory import check_host_mem, parse_size
+
+        given = parse_size(host_mem)
+        check_host_mem(setup, given, host_mem)
+        return replace(setup, host_ram_bytes=given, host_ram_source=f"--host-mem {host_mem}")
+    return setup
+
+
+def _resolve_cards(gpu: str | None, *, gpus: int | None, nodes: int) -> GpuSetup:
     ram = host_ram_bytes()
+    here = "this machine's RAM (os.sysconf)"
     if gpu is not None:
         spec = parse_gpu(gpu)
-        if spec.is_cpu and (gpus or 1) * nodes > 1:
-            raise UserError("--gpu cpu plans for one process; drop --gpus/--nodes.")
-        return GpuSetup(spec, count=gpus or 1, nodes=nodes, host_ram_bytes=ram)
+        if spec.is_cpu:
+            if (gpus or 1) * nodes > 1:
+                raise UserError("--gpu cpu plans for one process; drop --gpus/--nodes.")
+            return GpuSetup(spec, count=1, nodes=nodes, host_ram_bytes=ram, host_ram_source=here)
+        # another machine's cards: its RAM is unknown here (the card-class default, or --host-mem)
+        return GpuSetup(spec, count=gpus or 1, nodes=nodes)
     found = inspect_gpus()
     if found:
         first = found[0]
@@ -124,7 +145,7 @@ def resolve_setup(gpu: str | None, *, gpus: int | None = None, nodes: int = 1) -
         count = gpus or len(found)
         return GpuSetup(_spec_from_detected(first), count=count, nodes=nodes, detected=True,
                         free_bytes=min(d.free_bytes for d in found[:count]), driver=first.driver,
-                        host_ram_bytes=ram, note=note)
+                        host_ram_bytes=ram, host_ram_source=here if ram else "", note=note)
     spec = default_gpu().spec
-    return GpuSetup(spec, count=gpus or 1, nodes=nodes, host_ram_bytes=ram,
+    return GpuSetup(spec, count=gpus or 1, nodes=nodes,
                     note=f"no GPU found on this machine: planning for {spec.name} (choose with --gpu)")

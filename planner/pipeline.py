@@ -62,6 +62,7 @@ class Report:
     params_active: int
     setup: GpuSetup
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)  # data, plan, simulation, exports, ...
     params_trainable: int | None = None
     exit_code: int = 0
@@ -104,6 +105,9 @@ class Report:
                 out[key] = value
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        out["exit_code"] = self.exit_code
         return out
 
 
@@ -142,7 +146,7 @@ def _data_stage(spec: ModelSpec, options: dict[str, Any], report: Report):
 def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
              options: dict[str, Any]) -> Report:
     spec = resolve_model(model)
-    setup = resolve_setup(gpu, gpus=gpus, nodes=nodes)
+    setup = resolve_setup(gpu, gpus=gpus, nodes=nodes, host_mem=options.get("host_mem"))
     report = Report(model=spec, params=count_params(spec), params_active=active_params(spec), setup=setup)
     if setup.note:
         report.notes.append(setup.note)
@@ -161,7 +165,7 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
         report.sections["sweep"] = sweep(spec, stats, pinned=pinned, **search_kwargs(options))
         return report
     if options.get("fixed"):
-        _fixed_stage(spec, setup, stats, pinned, report)
+        _fixed_stage(spec, setup, stats, pinned, report, margin=_margin(options))
     else:
         _search_stage(spec, setup, stats, pinned, options, report)
     if options.get("simulate"):
@@ -169,8 +173,18 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
     return report
 
 
-def _fixed_stage(spec: ModelSpec, setup: GpuSetup, stats, pinned: dict[str, Any], report: Report) -> None:
-    """--fixed: evaluate exactly the configuration given (defaults for the rest), no search."""
+def _margin(options: dict[str, Any]) -> float:
+    from planner.search.objective import DEFAULT_MARGIN
+
+    return DEFAULT_MARGIN if options.get("margin") is None else float(options["margin"])
+
+
+def _fixed_stage(spec: ModelSpec, setup: GpuSetup, stats, pinned: dict[str, Any], report: Report, *,
+                 margin: float) -> None:
+    """--fixed: evaluate exactly the configuration given (defaults for the rest), no search. It fits (exit 0)
+    only within the same safety margin the search uses."""
+    from dataclasses import replace
+
     from planner.memory import estimate_memory, render_memory
 
     train = TrainConfig(**pinned)
@@ -178,7 +192,7 @@ def _fixed_stage(spec: ModelSpec, setup: GpuSetup, stats, pinned: dict[str, Any]
         train = train.with_(cutoff_len=stats.cutoff_len)
     if setup.gpu.is_cpu and train.deepspeed_stage:
         train = train.with_(deepspeed_stage=0)
-    breakdown = estimate_memory(spec, train, setup)
+    breakdown = replace(estimate_memory(spec, train, setup), margin=margin)
     report.train = train
     report.sections["config"] = Section({"method": train.method, **train.to_json()},
                                         lambda console: _render_config(train, console))
@@ -187,7 +201,13 @@ def _fixed_stage(spec: ModelSpec, setup: GpuSetup, stats, pinned: dict[str, Any]
     report.params_trainable = _trainable(spec, train)
     if not breakdown.fits:
         report.exit_code = 1
-        report.notes.append("this configuration does not fit; drop --fixed to let the planner search")
+        if breakdown.fits_budget and breakdown.host_fits:
+            report.warnings.append(
+                f"the peak fits the card but not the {margin:.0%} safety margin (limit "
+                f"{breakdown.limit_bytes / (1 << 30):.2f} GiB): the search would never choose this config. Lower "
+                "--margin only if a measurement on this card backs it (plan calibrate)")
+        else:
+            report.notes.append("this configuration does not fit; drop --fixed to let the planner search")
 
 
 def _search_stage(spec, setup, stats, pinned, options, report: Report) -> None:
@@ -203,6 +223,13 @@ def _search_stage(spec, setup, stats, pinned, options, report: Report) -> None:
         report.sections["infeasible"] = Section(
             {"message": message, **exc.payload},
             lambda console: console.print(message, style="red"))
+        return
+    if not plan.memory.fits:  # the contract: never "Recommended" for a config that does not fit
+        report.exit_code = 1
+        message = ("internal check: the search returned a config that does not fit ("
+                   + "; ".join(plan.memory.shortfalls()) + "); nothing is recommended")
+        report.sections["infeasible"] = Section({"message": message, "closest": plan.to_json()["config"]},
+                                                lambda console: console.print(message, style="red"))
         return
     report.plan, report.train = plan, plan.config
     report.sections["plan"] = plan

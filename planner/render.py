@@ -38,6 +38,8 @@ def dump(obj: dict[str, Any], fmt: str) -> None:
 
 def emit(report, fmt: str) -> None:
     if fmt != "table":
+        for warning in getattr(report, "warnings", ()):
+            print(f"warning: {warning}", file=sys.stderr)
         for note in report.notes:
             print(f"note: {note}", file=sys.stderr)
         dump(report.to_json(), fmt)
@@ -50,6 +52,8 @@ def emit(report, fmt: str) -> None:
             render(console)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
+    for warning in getattr(report, "warnings", ()):
+        console.print(f"[bold yellow]warning:[/] {warning}")
 
 
 def _model_table(report, console) -> None:

@@ -13,6 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PHASES = ("load", "forward", "backward", "optimizer")
+GIB = 1 << 30
+
+
+def gpu_limit_bytes(budget_bytes: int, margin: float) -> int:
+    """The device peak a plan may reach on a card of `budget_bytes` with a safety `margin`."""
+    return int(budget_bytes * (1.0 - margin))
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / GIB:.2f}"
 
 
 @dataclass(frozen=True)
@@ -24,8 +34,11 @@ class MemoryBreakdown:
     peak_tensor_bytes: int  # max over phases: what torch's allocator must hand out
     peak_bytes: int  # peak_tensor_bytes + device overheads: what the card must hold
     budget_bytes: int  # the card's memory (free memory when detected)
-    host_bytes: int = 0  # host RAM per node for ZeRO offload
-    host_budget_bytes: int | None = None
+    host_bytes: int = 0  # host RAM per node for ZeRO offload (pinned: pin_memory in the DeepSpeed config)
+    host_budget_bytes: int | None = None  # usable host RAM per node (planner.host_memory); None on a CPU
+    host_process_bytes: int = 0  # host RAM of the node's GPU processes before any offload
+    host_source: str = ""  # where the node's RAM figure comes from
+    margin: float = 0.0  # safety margin on the device peak: fits means peak <= budget x (1 - margin)
     batch_size: int = 1
     seq_len: int = 0
     tokens: int = 0
@@ -45,12 +58,43 @@ class MemoryBreakdown:
         return self.budget_bytes - self.peak_bytes
 
     @property
+    def limit_bytes(self) -> int:
+        """The most the device peak may reach: the budget less the safety margin."""
+        return gpu_limit_bytes(self.budget_bytes, self.margin)
+
+    @property
+    def host_need_bytes(self) -> int:
+        return self.host_process_bytes + self.host_bytes
+
+    @property
     def host_fits(self) -> bool:
-        return self.host_budget_bytes is None or self.host_bytes <= self.host_budget_bytes
+        return self.host_budget_bytes is None or self.host_need_bytes <= self.host_budget_bytes
+
+    @property
+    def fits_budget(self) -> bool:
+        """The device peak fits the card's memory (the margin not counted)."""
+        return self.peak_bytes <= self.budget_bytes
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes <= self.budget_bytes and self.host_fits
+        """Every budget holds: device peak within the margin, and host RAM. The one verdict the search,
+        the table, the JSON and the exit status use."""
+        return self.peak_bytes <= self.limit_bytes and self.host_fits
+
+    def shortfalls(self) -> list[str]:
+        """Why it does not fit, one line per budget that fails (empty when it fits); amounts are positive."""
+        out = []
+        if self.peak_bytes > self.budget_bytes:
+            out.append(f"GPU memory: needs {_gib(self.peak_bytes)} GiB of {_gib(self.budget_bytes)} GiB, "
+                       f"{_gib(self.peak_bytes - self.budget_bytes)} GiB over")
+        elif self.peak_bytes > self.limit_bytes:
+            out.append(f"safety margin: needs {_gib(self.peak_bytes)} GiB, within the {_gib(self.budget_bytes)} GiB "
+                       f"card but over the {_gib(self.limit_bytes)} GiB limit of the {self.margin:.0%} margin "
+                       f"(by {_gib(self.peak_bytes - self.limit_bytes)} GiB)")
+        if not self.host_fits:
+            out.append(f"host RAM: needs {_gib(self.host_need_bytes)} GiB per node of {_gib(self.host_budget_bytes)} "
+                       f"GiB usable, {_gib(self.host_need_bytes - self.host_budget_bytes)} GiB over")
+        return out
 
     def activations_per_1k_tokens(self) -> dict[str, int]:
         """Peak growth per 1,000 tokens of one sequence (batch 1 at this seq_len), for the four
@@ -70,10 +114,19 @@ class MemoryBreakdown:
             "peak_tensor_bytes": self.peak_tensor_bytes,
             "peak_bytes": self.peak_bytes,
             "budget_bytes": self.budget_bytes,
+            "margin": self.margin,
+            "limit_bytes": self.limit_bytes,
             "fits": self.fits,
+            "fits_budget": self.fits_budget,
+            "host_fits": self.host_fits,
+            "does_not_fit": self.shortfalls(),
             "headroom_bytes": self.headroom_bytes,
             "host_bytes": self.host_bytes,
+            "host_pinned_bytes": self.host_bytes,
+            "host_process_bytes": self.host_process_bytes,
+            "host_need_bytes": self.host_need_bytes,
             "host_budget_bytes": self.host_budget_bytes,
+            "host_source": self.host_source,
             "activations_per_1k_tokens": self.activations_per_1k_tokens(),
             "phase_components": {p: dict(c) for p, c in self.phase_components.items()},
             "batch": {"batch_size": self.batch_size, "seq_len": self.seq_len, "tokens": self.tokens},

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from planner.calibration import DeviceOverheads
 from planner.gpu_spec import GpuSetup
+from planner.host_memory import host_budget_bytes, host_ram_for, process_host_bytes
 from planner.memory.breakdown import MemoryBreakdown
 from planner.memory.overheads import default_overheads
 from planner.memory.step import ActivationModel, activation_model
@@ -59,6 +60,9 @@ class _Static:
     notes: tuple[str, ...]
     device: str
     budget: int
+    host_budget: int | None
+    host_process: int
+    host_source: str
 
 
 _STATIC: dict[tuple, _Static] = {}
@@ -95,7 +99,8 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
         states={"master_weights": ms.master_weights_bytes, "optimizer_states": ms.optimizer_state_bytes,
                 "buffers": ms.buffer_bytes},
         resident_grads=ms.gradient_bytes if accumulating else 0, notes=tuple(notes), device=device,
-        budget=int(budget))
+        budget=int(budget), host_budget=host_budget_bytes(setup), host_process=process_host_bytes(setup),
+        host_source="" if setup.gpu.is_cpu else host_ram_for(setup)[1])
     if len(_STATIC) >= _STATIC_MAX:
         _STATIC.clear()
     _STATIC[key] = st
@@ -154,7 +159,8 @@ def estimate_memory(model: ModelSpec, train: TrainConfig, setup: GpuSetup, *,
     return MemoryBreakdown(
         components=components, phases=phases, phase_components=phase_components, peak_phase=peak_phase,
         peak_tensor_bytes=peak_tensor, peak_bytes=peak_tensor + sum(extra_dev.values()), budget_bytes=st.budget,
-        host_bytes=ms.host_bytes, host_budget_bytes=setup.host_ram_bytes, batch_size=batch, seq_len=seq,
+        host_bytes=ms.host_bytes, host_budget_bytes=st.host_budget, host_process_bytes=st.host_process,
+        host_source=st.host_source, batch_size=batch, seq_len=seq,
         tokens=tokens, device=st.device, overheads_source=source, notes=st.notes, inputs=(model, train, setup),
     )
 

@@ -49,15 +49,16 @@ def render_memory(mb: MemoryBreakdown, console) -> None:
                        for p in PHASES if p in mb.phases)
     console.print(f"Phases (live tensors, GiB): {phases}")
     if mb.fits:
-        console.print(f"[green]Fits[/]: {_gib(mb.peak_bytes)} of {_gib(mb.budget_bytes)} GiB, "
+        margin = f", within the {mb.margin:.0%} margin (limit {_gib(mb.limit_bytes)} GiB)" if mb.margin else ""
+        console.print(f"[green]Fits[/]: {_gib(mb.peak_bytes)} of {_gib(mb.budget_bytes)} GiB{margin}, "
                       f"headroom {_gib(mb.headroom_bytes)} GiB.")
     else:
-        why = "GPU memory" if mb.peak_bytes > mb.budget_bytes else "host RAM (offload)"
-        console.print(f"[red]Does not fit[/] ({why}): needs {_gib(mb.peak_bytes)} GiB, "
-                      f"{_gib(-mb.headroom_bytes)} GiB over.")
-    if mb.host_bytes:
-        budget = f" of {_gib(mb.host_budget_bytes)}" if mb.host_budget_bytes else ""
-        console.print(f"Host RAM per node (offload): {_gib(mb.host_bytes)}{budget} GiB")
+        for line in mb.shortfalls():
+            console.print(f"[red]Does not fit[/] ({line}).")
+    if mb.host_budget_bytes is not None and (mb.host_bytes or not mb.host_fits):
+        pinned = f" ({_gib(mb.host_bytes)} pinned by ZeRO offload)" if mb.host_bytes else ""
+        console.print(f"Host RAM per node: {_gib(mb.host_need_bytes)} GiB{pinned} of {_gib(mb.host_budget_bytes)} "
+                      f"GiB usable; the node's RAM is {mb.host_source}.")
     per_1k = mb.activations_per_1k_tokens()
     if per_1k:
         console.print("Activations per 1K tokens (GiB): " + "  ".join(

@@ -39,6 +39,14 @@ def _try(model: ModelSpec, setup: GpuSetup, data, pinned: dict[str, Any], ev) ->
         return None
 
 
+def _host_for(setup: GpuSetup) -> dict[str, Any]:
+    """Host RAM of a suggested bigger setup: --host-mem (per node) stays; this machine's RAM does not
+    describe another machine, so the card-class default applies there (planner.host_memory)."""
+    if setup.host_ram_source.startswith("--host-mem"):
+        return {}
+    return {"host_ram_bytes": None, "host_ram_source": ""}
+
+
 def _summary(plan) -> str:
     c = plan.config
     stage = f", ZeRO-{c.deepspeed_stage}" if c.deepspeed_stage else ""
@@ -83,7 +91,7 @@ def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, A
     for count, nodes in MORE_GPUS:
         if count * nodes <= setup.world_size:
             continue
-        bigger = replace(setup, count=count, nodes=nodes, detected=False)
+        bigger = replace(setup, count=count, nodes=nodes, detected=False, **_host_for(setup))
         plan = _try(model, bigger, data, base, ev)
         if plan is None or (offloaded and plan.config.offload != "none"):
             continue
@@ -97,7 +105,8 @@ def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, A
     cards = sorted((e.spec for e in load_gpus() if e.spec.memory_bytes > setup.gpu.memory_bytes
                     and e.spec.vendor == setup.gpu.vendor), key=lambda g: (g.memory_bytes, -g.bf16_tflops))
     for card in cards:
-        plan = _try(model, replace(setup, gpu=card, detected=False, free_bytes=None), data, base, ev)
+        plan = _try(model, replace(setup, gpu=card, detected=False, free_bytes=None, **_host_for(setup)),
+                    data, base, ev)
         if plan is not None:
             add(f"a card with more memory: {setup.count} x {card.name}", f"--gpu {card.name}", plan)
             break
@@ -123,13 +132,17 @@ def raise_infeasible(model: ModelSpec, setup: GpuSetup, data, ev, space, seen: l
         payload["closest"] = closest.to_json()
     host_bound = [c for c in seen if not c.host_ok and c.memory.peak_bytes <= c.limit_bytes]
     if host_bound:
+        from planner.host_memory import host_need_bytes, host_ram_for
+
         h = min(host_bound, key=lambda c: c.memory.host_bytes)
-        lines.append(f"{h.label} would fit the GPU ({_gib(h.memory.peak_bytes)}) but needs "
-                     f"{_gib(h.memory.host_bytes)} of host RAM per node; {_gib(ev.host_limit_bytes())} is "
-                     + ("available here." if setup.detected else
-                        "assumed (twice the node's GPU memory; planning for another machine)."))
-        payload["host_bytes_needed"] = int(h.memory.host_bytes)
+        need = host_need_bytes(setup, h.memory.host_bytes)
+        ram, source = host_ram_for(setup)
+        lines.append(f"{h.label} would fit the GPU ({_gib(h.memory.peak_bytes)}) but needs {_gib(need)} of host "
+                     f"RAM per node ({_gib(h.memory.host_bytes)} pinned by the offload); {_gib(ev.host_limit_bytes())} "
+                     f"of {_gib(ram)} is usable ({source}; give the real figure with --host-mem).")
+        payload["host_bytes_needed"] = int(need)
         payload["host_bytes_available"] = ev.host_limit_bytes()
+        payload["host_ram_source"] = source
     sugg = suggestions(model, setup, data, ev, pinned) if explain else []
     payload["suggestions"] = sugg
     if sugg:

@@ -12,11 +12,13 @@ second (planner.throughput).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from planner.gpu_spec import GpuSetup
+from planner.host_memory import host_budget_bytes, host_need_bytes
 from planner.lengths import LengthProfile
+from planner.memory.breakdown import gpu_limit_bytes
 from planner.model_spec import ModelSpec
 from planner.search.space import Family, Space
 from planner.throughput import DEFAULT_EFFICIENCY, Efficiency, Throughput, estimate_throughput
@@ -26,11 +28,6 @@ GIB = 1 << 30
 # Safety margin on the predicted peak: the memory model's error against measurements before a
 # calibration for the card exists (planner.calibration.MARGIN_NONE); --margin overrides it.
 DEFAULT_MARGIN = 0.05
-# Host RAM the plan may use for ZeRO offload when planning for another machine whose RAM is unknown:
-# servers are usually built with about twice their GPU memory in RAM. Assumption.
-HOST_RAM_PER_GPU_MEMORY = 2.0
-HOST_RAM_USABLE = 0.90  # leave room for the OS, the data loader and pinned buffers
-
 # Quantize only when it must: a quantized candidate wins over a fitting 16-bit one only when it is this
 # much faster (e.g. ZeRO-3 gathering 16-bit weights over PCIe). QLoRA matches 16-bit LoRA on benchmarks
 # (Dettmers et al. 2023) but adds quantization error; a small speed gain does not justify it.
@@ -153,7 +150,10 @@ class Evaluator:
                     self._memory[config] = low
                     return low
             self.memory_calls += 1
-            hit = self._memory[config] = self.estimate(self.spec, config, self.setup)
+            hit = self.estimate(self.spec, config, self.setup)
+            if getattr(hit, "margin", self.margin) != self.margin:
+                hit = replace(hit, margin=self.margin)  # so its own .fits / JSON say what the search decided
+            self._memory[config] = hit
         return hit
 
     @property
@@ -162,21 +162,17 @@ class Evaluator:
         return self._memory
 
     def limit(self, mem: Any) -> int:
-        return int(mem.budget_bytes * (1.0 - self.margin))
+        return gpu_limit_bytes(mem.budget_bytes, self.margin)
 
-    def host_limit_bytes(self) -> int:
-        s = self.setup
-        node_gpu = s.gpu.memory_bytes * s.count
-        known = s.host_ram_bytes
-        if s.detected and known:
-            return int(known * HOST_RAM_USABLE)
-        assumed = int(HOST_RAM_PER_GPU_MEMORY * node_gpu)
-        return int(max(known or 0, assumed) * HOST_RAM_USABLE)
+    def host_limit_bytes(self) -> int | None:
+        """Usable host RAM per node: the same figure the memory model's final check reads."""
+        return host_budget_bytes(self.setup)
 
     def host_ok(self, config: TrainConfig, mem: Any) -> bool:
-        if config.offload == "none":
+        budget = self.host_limit_bytes()
+        if budget is None:
             return True
-        return int(getattr(mem, "host_bytes", 0) or 0) <= self.host_limit_bytes()
+        return host_need_bytes(self.setup, int(getattr(mem, "host_bytes", 0) or 0)) <= budget
 
     def fits(self, config: TrainConfig) -> bool:
         mem = self.memory(config)
