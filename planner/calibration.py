@@ -51,7 +51,11 @@ class DeviceOverheads:
     cublas_workspace_bytes: int = 0  # cuBLAS/cuBLASLt workspaces, inside the allocator
     kernel_temp_bytes_per_token_hidden: float = 0.0  # kernel temporaries per token x hidden unit
     allocator_slack_ratio: float = 0.0  # caching-allocator rounding and fragmentation ...
-    allocator_slack_bytes: int = 0  # ... as a fraction of allocated plus a constant
+    allocator_slack_bytes: int = 0  # ... as a fraction of allocated plus a constant ...
+    # ... plus what the per-step churn leaves cached: per token x hidden unit (activations) and per token x
+    # vocabulary entry when the logits are materialized (optional: absent in older files, read as 0)
+    allocator_slack_bytes_per_token_hidden: float = 0.0
+    allocator_slack_bytes_per_token_vocab: float = 0.0
     source: str = ""
 
     def allocated_bytes(self, peak_tensor_bytes: int, *, tokens: int, hidden: int) -> int:
@@ -59,19 +63,28 @@ class DeviceOverheads:
         temp = self.kernel_temp_bytes_per_token_hidden * tokens * hidden
         return int(peak_tensor_bytes + self.cublas_workspace_bytes + temp)
 
-    def reserved_bytes(self, peak_tensor_bytes: int, *, tokens: int, hidden: int) -> int:
-        allocated = self.allocated_bytes(peak_tensor_bytes, tokens=tokens, hidden=hidden)
-        return int(allocated * (1.0 + self.allocator_slack_ratio) + self.allocator_slack_bytes)
+    def reserved_from_allocated(self, allocated_bytes: int, *, tokens: int, hidden: int, vocab: int = 0) -> int:
+        """Peak torch.cuda.max_memory_reserved() for a step whose allocator peak is `allocated_bytes`;
+        `vocab` is the vocabulary size when the step materializes logits (0 with a fused loss)."""
+        churn = (self.allocator_slack_bytes_per_token_hidden * tokens * hidden
+                 + self.allocator_slack_bytes_per_token_vocab * tokens * vocab)
+        return int(allocated_bytes * (1.0 + self.allocator_slack_ratio) + self.allocator_slack_bytes + churn)
 
-    def device_bytes(self, peak_tensor_bytes: int, *, tokens: int, hidden: int) -> int:
+    def reserved_bytes(self, peak_tensor_bytes: int, *, tokens: int, hidden: int, vocab: int = 0) -> int:
+        allocated = self.allocated_bytes(peak_tensor_bytes, tokens=tokens, hidden=hidden)
+        return self.reserved_from_allocated(allocated, tokens=tokens, hidden=hidden, vocab=vocab)
+
+    def device_bytes(self, peak_tensor_bytes: int, *, tokens: int, hidden: int, vocab: int = 0) -> int:
         """What the card must hold: reserved + CUDA context (the NVML peak)."""
-        return self.reserved_bytes(peak_tensor_bytes, tokens=tokens, hidden=hidden) + self.cuda_context_bytes
+        return self.reserved_bytes(peak_tensor_bytes, tokens=tokens, hidden=hidden, vocab=vocab) + self.cuda_context_bytes
 
     def to_json(self) -> dict[str, Any]:
         return {"cuda_context_bytes": self.cuda_context_bytes, "cublas_workspace_bytes": self.cublas_workspace_bytes,
                 "kernel_temp_bytes_per_token_hidden": self.kernel_temp_bytes_per_token_hidden,
                 "allocator_slack_ratio": self.allocator_slack_ratio,
-                "allocator_slack_bytes": self.allocator_slack_bytes}
+                "allocator_slack_bytes": self.allocator_slack_bytes,
+                "allocator_slack_bytes_per_token_hidden": self.allocator_slack_bytes_per_token_hidden,
+                "allocator_slack_bytes_per_token_vocab": self.allocator_slack_bytes_per_token_vocab}
 
     @classmethod
     def from_json(cls, d: dict[str, Any], source: str = "") -> DeviceOverheads:
@@ -79,7 +92,10 @@ class DeviceOverheads:
                    cublas_workspace_bytes=int(d.get("cublas_workspace_bytes", 0)),
                    kernel_temp_bytes_per_token_hidden=float(d.get("kernel_temp_bytes_per_token_hidden", 0.0)),
                    allocator_slack_ratio=float(d.get("allocator_slack_ratio", 0.0)),
-                   allocator_slack_bytes=int(d.get("allocator_slack_bytes", 0)), source=source)
+                   allocator_slack_bytes=int(d.get("allocator_slack_bytes", 0)),
+                   allocator_slack_bytes_per_token_hidden=float(d.get("allocator_slack_bytes_per_token_hidden", 0.0)),
+                   allocator_slack_bytes_per_token_vocab=float(d.get("allocator_slack_bytes_per_token_vocab", 0.0)),
+                   source=source)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ them, so the two outputs cannot disagree.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -151,6 +152,13 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
     if setup.note:
         report.notes.append(setup.note)
 
+    if not setup.gpu.is_cpu:
+        from planner.memory.overheads import ALLOC_CONF, allocator_setting
+
+        expandable, line = allocator_setting()
+        report.notes.append(line)
+        report.sections["allocator"] = {ALLOC_CONF: os.environ.get(ALLOC_CONF), "expandable_segments": expandable,
+                                        "note": line}
     stats = _data_stage(spec, options, report)
     pinned = pinned_from_options(options)
     if options.get("synthetic_data") and "cutoff_len" not in pinned:

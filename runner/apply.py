@@ -30,6 +30,19 @@ EXPORT_FILES = frozenset({"plan.yaml", "llamafactory.yaml", "dataset_info.json",
                           "model_kwargs.json"})
 
 
+def use_expandable_segments(env: dict | None = None) -> bool:
+    """Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True unless the user set the variable (then theirs
+    stays). The planner's device model assumes the same (planner.memory.overheads.allocator_setting).
+    Returns True when it was set here. Must run before CUDA is initialized: the allocator reads it once."""
+    from planner.memory.overheads import ALLOC_CONF, EXPANDABLE
+
+    env = os.environ if env is None else env
+    if env.get(ALLOC_CONF):
+        return False
+    env[ALLOC_CONF] = EXPANDABLE
+    return True
+
+
 def _console(console):
     if console is not None:
         return console
@@ -258,6 +271,7 @@ def apply_plan(plan: dict | PlanFile, *, out_dir: str | Path, max_steps: int | N
     from runner.distributed import PARENT_ENV, under_torchrun
     from runner.oom import next_smaller, resumable
 
+    use_expandable_segments()  # before torch touches CUDA; the torchrun relaunch inherits it
     console = _console(console)
     if not isinstance(plan, PlanFile):
         plan = PlanFile.from_dict(plan)

@@ -34,6 +34,9 @@ class MemoryBreakdown:
     peak_tensor_bytes: int  # max over phases: what torch's allocator must hand out
     peak_bytes: int  # peak_tensor_bytes + device overheads: what the card must hold
     budget_bytes: int  # the card's memory (free memory when detected)
+    # the device peak (peak_bytes, what nvidia-smi shows and what the plan is checked against) in layers:
+    allocated_bytes: int = 0  # torch.cuda.max_memory_allocated(): live tensors + workspaces + kernel temporaries
+    reserved_bytes: int = 0  # torch.cuda.max_memory_reserved(): allocated + the caching allocator's slack
     host_bytes: int = 0  # host RAM per node for ZeRO offload (pinned: pin_memory in the DeepSpeed config)
     host_budget_bytes: int | None = None  # usable host RAM per node (planner.host_memory); None on a CPU
     host_process_bytes: int = 0  # host RAM of the node's GPU processes before any offload
@@ -113,6 +116,9 @@ class MemoryBreakdown:
             "peak_phase": self.peak_phase,
             "peak_tensor_bytes": self.peak_tensor_bytes,
             "peak_bytes": self.peak_bytes,
+            "peak_allocated_bytes": self.allocated_bytes,
+            "peak_reserved_bytes": self.reserved_bytes,
+            "peak_device_bytes": self.peak_bytes,
             "budget_bytes": self.budget_bytes,
             "margin": self.margin,
             "limit_bytes": self.limit_bytes,

@@ -12,7 +12,7 @@ from planner.calibration import DeviceOverheads
 from planner.gpu_spec import GpuSetup
 from planner.host_memory import host_budget_bytes, host_ram_for, process_host_bytes
 from planner.memory.breakdown import MemoryBreakdown
-from planner.memory.overheads import default_overheads
+from planner.memory.overheads import allocator_setting, default_overheads
 from planner.memory.step import ActivationModel, activation_model
 from planner.memory.zero import ModelStates, model_states
 from planner.model_spec import ModelSpec
@@ -143,11 +143,14 @@ def estimate_memory(model: ModelSpec, train: TrainConfig, setup: GpuSetup, *,
     if st.device == "cpu":
         extra_dev: dict[str, int] = {}
         source = "cpu: no device overheads"
+        allocated = reserved = peak_tensor
     else:
-        oh = overheads if overheads is not None else default_overheads(setup.gpu)
+        oh = overheads if overheads is not None else default_overheads(setup.gpu, allocator_setting()[0])
         source = oh.source
         allocated = oh.allocated_bytes(peak_tensor, tokens=tokens, hidden=model.hidden_size)
-        reserved = int(allocated * (1.0 + oh.allocator_slack_ratio) + oh.allocator_slack_bytes)
+        # logits are materialized unless Liger's fused linear cross-entropy computes the loss in chunks
+        vocab = 0 if train.use_liger_kernel else model.vocab_size
+        reserved = oh.reserved_from_allocated(allocated, tokens=tokens, hidden=model.hidden_size, vocab=vocab)
         extra_dev = {
             "cuda_context": oh.cuda_context_bytes,
             "cublas_workspace": oh.cublas_workspace_bytes,
@@ -159,6 +162,7 @@ def estimate_memory(model: ModelSpec, train: TrainConfig, setup: GpuSetup, *,
     return MemoryBreakdown(
         components=components, phases=phases, phase_components=phase_components, peak_phase=peak_phase,
         peak_tensor_bytes=peak_tensor, peak_bytes=peak_tensor + sum(extra_dev.values()), budget_bytes=st.budget,
+        allocated_bytes=int(allocated), reserved_bytes=int(reserved),
         host_bytes=ms.host_bytes, host_budget_bytes=st.host_budget, host_process_bytes=st.host_process,
         host_source=st.host_source, batch_size=batch, seq_len=seq,
         tokens=tokens, device=st.device, overheads_source=source, notes=st.notes, inputs=(model, train, setup),

@@ -45,6 +45,9 @@ def render_memory(mb: MemoryBreakdown, console) -> None:
     table.add_row("budget", _gib(mb.budget_bytes), "", "")
     console.print(table)
 
+    if mb.device != "cpu" and mb.reserved_bytes:
+        console.print(f"Peak per GPU: allocated {_gib(mb.allocated_bytes)}, reserved {_gib(mb.reserved_bytes)}, "
+                      f"device (nvidia-smi) {_gib(mb.peak_bytes)} GiB; the plan is checked against the device peak.")
     phases = "  ".join(f"{p} {_gib(mb.phases[p])}" + (" *" if p == mb.peak_phase else "")
                        for p in PHASES if p in mb.phases)
     console.print(f"Phases (live tensors, GiB): {phases}")

@@ -154,7 +154,8 @@ def test_infeasible_72b_full_on_one_24gb_card(estimator):
 
 def test_infeasible_suggests_4bit_for_16bit_lora(estimator):
     with pytest.raises(Infeasible) as err:
-        search(spec("Qwen2.5-14B"), GpuSetup(_card(16)), None,
+        # 18 GB: QLoRA 14B at 512 tokens needs ~16.6 GiB on the device (allocator slack and context included)
+        search(spec("Qwen2.5-14B"), GpuSetup(_card(18)), None,
                pinned={"quantization_bit": None, "deepspeed_stage": 0, "cutoff_len": 512}, estimator=estimator)
     changes = [s["change"] for s in err.value.payload["suggestions"]]
     assert any("4-bit" in c for c in changes), err.value.message
