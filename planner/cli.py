@@ -42,6 +42,9 @@ def _common(f):
 @click.option("--host-mem", "host_mem", metavar="SIZE",
               help="Host RAM per node (512G, 2TB) for ZeRO offload and the GPU processes. Default: this "
                    "machine's RAM when planning for its GPUs, else a stated default for the card class.")
+@click.option("--calibration", metavar="FILE",
+              help="Device calibration to plan with (a `plan calibrate --from-log` output). Default: the one "
+                   "for this card and software stack ($VRAMPLAN_HOME/calibration, then profiles/calibration).")
 @click.option("--offline", is_flag=True, help="Never touch the network (same as HF_HUB_OFFLINE=1).")
 @data_options
 @memory_options
@@ -103,12 +106,17 @@ def cli(ctx, model, gpu, gpus, nodes, offline, fmt, debug, **options):
 
 
 def _check(path, *, gpu, gpus, nodes, options, fmt):
+    from planner.calibration_use import choose_calibration
     from planner.check import check_config
     from planner.gpus import resolve_setup
     from planner.render import dump, stdout_console
 
-    result = check_config(path, resolve_setup(gpu, gpus=gpus, nodes=nodes, host_mem=options.get("host_mem")),
-                          margin=options.get("margin"))
+    setup = resolve_setup(gpu, gpus=gpus, nodes=nodes, host_mem=options.get("host_mem"))
+    choice = choose_calibration(setup.gpu, explicit=options.get("calibration"))
+    for warning in choice.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    margin = choice.margin if options.get("margin") is None else options["margin"]
+    result = check_config(path, setup, margin=margin, estimator=choice.estimator())
     if fmt == "table":
         result.render(stdout_console())
     else:

@@ -159,6 +159,7 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
         report.notes.append(line)
         report.sections["allocator"] = {ALLOC_CONF: os.environ.get(ALLOC_CONF), "expandable_segments": expandable,
                                         "note": line}
+    choice = _calibration_stage(setup, options, report)
     stats = _data_stage(spec, options, report)
     pinned = pinned_from_options(options)
     if options.get("synthetic_data") and "cutoff_len" not in pinned:
@@ -173,34 +174,51 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
         report.sections["sweep"] = sweep(spec, stats, pinned=pinned, **search_kwargs(options))
         return report
     if options.get("fixed"):
-        _fixed_stage(spec, setup, stats, pinned, report, margin=_margin(options))
+        _fixed_stage(spec, setup, stats, pinned, report, margin=_margin(options, choice),
+                     estimator=choice.estimator())
     else:
-        _search_stage(spec, setup, stats, pinned, options, report)
+        _search_stage(spec, setup, stats, pinned, options, report, choice)
     if options.get("simulate"):
         _simulate_stage(spec, report)
     return report
 
 
-def _margin(options: dict[str, Any]) -> float:
+def _calibration_stage(setup: GpuSetup, options: dict[str, Any], report: Report):
+    """Which calibration the plan uses (said in the notes and the JSON), its margin, and any file ignored."""
+    from planner.calibration_use import choose_calibration
+
+    choice = choose_calibration(setup.gpu, explicit=options.get("calibration"))
+    report.warnings.extend(choice.warnings)
+    if not setup.gpu.is_cpu:
+        report.notes.append(choice.note)
+        margin = ("--margin given" if options.get("margin") is not None else choice.margin_why)
+        report.notes.append(f"safety margin: {_margin(options, choice):.1%} ({margin})")
+    report.sections["calibration"] = choice.to_json()
+    return choice
+
+
+def _margin(options: dict[str, Any], choice=None) -> float:
     from planner.search.objective import DEFAULT_MARGIN
 
-    return DEFAULT_MARGIN if options.get("margin") is None else float(options["margin"])
+    if options.get("margin") is not None:
+        return float(options["margin"])
+    return choice.margin if choice is not None else DEFAULT_MARGIN
 
 
 def _fixed_stage(spec: ModelSpec, setup: GpuSetup, stats, pinned: dict[str, Any], report: Report, *,
-                 margin: float) -> None:
+                 margin: float, estimator) -> None:
     """--fixed: evaluate exactly the configuration given (defaults for the rest), no search. It fits (exit 0)
     only within the same safety margin the search uses."""
     from dataclasses import replace
 
-    from planner.memory import estimate_memory, render_memory
+    from planner.memory import render_memory
 
     train = TrainConfig(**pinned)
     if stats is not None and "cutoff_len" not in pinned:
         train = train.with_(cutoff_len=stats.cutoff_len)
     if setup.gpu.is_cpu and train.deepspeed_stage:
         train = train.with_(deepspeed_stage=0)
-    breakdown = replace(estimate_memory(spec, train, setup), margin=margin)
+    breakdown = replace(estimator(spec, train, setup), margin=margin)
     report.train = train
     report.sections["config"] = Section({"method": train.method, **train.to_json()},
                                         lambda console: _render_config(train, console))
@@ -218,13 +236,14 @@ def _fixed_stage(spec: ModelSpec, setup: GpuSetup, stats, pinned: dict[str, Any]
             report.notes.append("this configuration does not fit; drop --fixed to let the planner search")
 
 
-def _search_stage(spec, setup, stats, pinned, options, report: Report) -> None:
+def _search_stage(spec, setup, stats, pinned, options, report: Report, choice) -> None:
     from planner.errors import Infeasible
     from planner.search import search
     from planner.search.cli_options import search_kwargs
 
+    kwargs = {**search_kwargs(options), "margin": _margin(options, choice), "estimator": choice.estimator()}
     try:
-        plan = search(spec, setup, stats, pinned=pinned, **search_kwargs(options))
+        plan = search(spec, setup, stats, pinned=pinned, **kwargs)
     except Infeasible as exc:
         message = exc.message
         report.exit_code = 1

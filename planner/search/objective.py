@@ -133,7 +133,9 @@ class Evaluator:
         self.lengths = lengths
         self.estimate = estimator or default_estimator()
         # the cheap lower bound is the memory model's own; with another estimator it could disagree
-        self.prescreen = estimator is None or estimator is default_estimator()
+        # (a calibrated estimator is the same model with other device overheads: the bound still holds)
+        self.prescreen = estimator is None or estimator is default_estimator() \
+            or getattr(estimator, "func", None) is default_estimator()
         self.epochs = epochs
         self.train_share = train_share
         self.efficiency = efficiency
