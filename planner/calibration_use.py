@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -101,33 +102,62 @@ def shipped_root():
     return resources.files("profiles").joinpath("calibration")
 
 
+# parsed files by (name shown, stat): a sweep or a test plans many times in one process
+_PARSED: dict[tuple[str, Any], CalibrationFile | UserError] = {}
+
+
+def _parsed(shown: str, path) -> CalibrationFile | UserError:
+    try:
+        st = path.stat()
+        key = (shown, (st.st_mtime_ns, st.st_size))
+    except (AttributeError, OSError):  # a resource without stat(): no cache
+        key = None
+    hit = _PARSED.get(key) if key else None
+    if hit is None:
+        try:
+            hit = _read(shown, path.read_text(encoding="utf-8", errors="replace"))
+        except UserError as e:
+            hit = e
+        if key:
+            _PARSED[key] = hit
+    return hit
+
+
 def _load_all(warnings: list[str]) -> tuple[CalibrationFile, ...]:
     """This machine's calibrations, then the shipped ones; unreadable files skipped with a warning."""
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, Any]] = []
     folder = user_calibration_dir()
     if folder.is_dir():
-        found += [(str(p), p.read_text(encoding="utf-8", errors="replace")) for p in sorted(folder.glob("*.json"))]
+        found += [(str(p), p) for p in sorted(folder.glob("*.json"))]
     root = shipped_root()
     if root.is_dir():
-        found += [(f"profiles/calibration/{p.name}", p.read_text(encoding="utf-8", errors="replace"))
+        found += [(f"profiles/calibration/{p.name}", p)
                   for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".json")]
     out = []
-    for path, text in found:
-        try:
-            out.append(_read(path, text))
-        except UserError as e:
-            warnings.append(f"calibration {path} ignored: {e.message}")
+    for shown, path in found:
+        got = _parsed(shown, path)
+        if isinstance(got, UserError):
+            warnings.append(f"calibration {shown} ignored: {got.message}")
+        else:
+            out.append(got)
     return tuple(out)
 
 
 def run_stack() -> dict[str, Any]:
     """The stack a run launched by vramplan will have: this machine's packages, and the allocator setting
     the runner applies (expandable segments unless PYTORCH_CUDA_ALLOC_CONF is set)."""
+    from planner.memory.overheads import ALLOC_CONF
+
+    return dict(_stack(os.environ.get(ALLOC_CONF)))
+
+
+@lru_cache(maxsize=8)
+def _stack(alloc_conf: str | None) -> tuple[tuple[str, Any], ...]:
     from planner.memory.overheads import ALLOC_CONF, EXPANDABLE
 
-    stack = current_stack()
-    stack[ALLOC_CONF] = stack.get(ALLOC_CONF) or EXPANDABLE
-    return stack
+    stack = current_stack()  # package metadata: ~10 ms, once per process
+    stack[ALLOC_CONF] = alloc_conf or EXPANDABLE
+    return tuple(stack.items())
 
 
 def choose_calibration(gpu: GpuSpec, *, explicit: str | Path | None = None) -> CalibrationChoice:

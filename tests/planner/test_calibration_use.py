@@ -40,7 +40,8 @@ def test_a_calibration_file_changes_the_next_plan(tmp_path, monkeypatch):
     monkeypatch.setenv("VRAMPLAN_HOME", str(tmp_path / "empty"))
     code, out, _ = run(*FIXED)
     before = json.loads(out)
-    assert code == 0 and before["calibration"]["file"] is None and before["memory"]["margin"] == 0.05
+    # before: no 4090 calibration (the defaults, or another card's borrowed with a wider margin)
+    assert code == 0 and "4090" not in str(before["calibration"]["gpu"])
 
     path = _home_calibration(tmp_path, monkeypatch, "nvidia-geforce-rtx-4090-torch2.11.json",
                              json.dumps(_doc("NVIDIA GeForce RTX 4090")))
@@ -71,7 +72,7 @@ def test_a_malformed_calibration_is_ignored_with_one_warning_naming_it(tmp_path,
     path = _home_calibration(tmp_path, monkeypatch, "broken.json", '{"gpu": {"name": "NVIDIA GeForce RTX 4090"},')
     code, out, err = run(*FIXED)
     doc = json.loads(out)
-    assert code == 0 and doc["calibration"]["file"] is None
+    assert code == 0 and doc["calibration"]["file"] != str(path)
     assert err.count(str(path)) == 1 and "not valid JSON" in err and "warning:" in err
     assert [w for w in doc["warnings"] if str(path) in w]
 
@@ -81,7 +82,7 @@ def test_a_calibration_with_non_numeric_constants_is_ignored(tmp_path, monkeypat
     doc["fitted"]["cuda_context_bytes"] = "lots"
     path = _home_calibration(tmp_path, monkeypatch, "bad.json", json.dumps(doc))
     code, out, err = run(*FIXED)
-    assert code == 0 and json.loads(out)["calibration"]["file"] is None
+    assert code == 0 and json.loads(out)["calibration"]["file"] != str(path)
     assert str(path) in err and "not numbers" in err
 
 
@@ -91,7 +92,7 @@ def test_calibration_for_another_card_given_explicitly_is_ignored_with_a_warning
     other.write_text(json.dumps(_doc("NVIDIA H100 80GB HBM3")), encoding="utf-8")
     code, out, err = run(*FIXED, "--calibration", str(other))
     doc = json.loads(out)
-    assert code == 0 and doc["calibration"]["file"] is None
+    assert code == 0 and doc["calibration"]["file"] != str(other)
     assert f"--calibration {other} ignored" in err and "NVIDIA H100 80GB HBM3" in err
     mine = tmp_path / "4090.json"
     mine.write_text(json.dumps(_doc("NVIDIA GeForce RTX 4090")), encoding="utf-8")
