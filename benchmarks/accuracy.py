@@ -88,7 +88,8 @@ def build_rows(results: list[dict[str, Any]], overheads: DeviceOverheads,
             r["status"], r["error"] = "unpredicted", "no live-tensor prediction" if pred is None else "no peak"
             continue
         tensors = pred["peak_tensor_bytes"]
-        predicted = overheads.device_bytes(tensors, tokens=case.tokens, hidden=spec.hidden_size)
+        vocab = 0 if train.use_liger_kernel else spec.vocab_size  # logits materialized (no fused loss)
+        predicted = overheads.device_bytes(tensors, tokens=case.tokens, hidden=spec.hidden_size, vocab=vocab)
         anchors = anchors_for(spec, train)
         peak = r.get("peak") or {}
         rows.append({

@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             pred = predict_tensors(probe_case(n, label, cap, smoke=args.smoke), predictor=args.predictor,
                                    device=pred_device)
             return None if pred is None else overheads.device_bytes(pred["peak_tensor_bytes"], tokens=n,
+                                                                    vocab=spec.vocab_size,
                                                                     hidden=spec.hidden_size)
 
         predicted = predicted_max(min(budget, card or budget), device_bytes)

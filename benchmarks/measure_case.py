@@ -190,7 +190,7 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
     micro = max(1, train.gradient_accumulation_steps) if case.group == "quality" else micro_batches(train)
     res: dict[str, Any] = {
         "format": FORMAT, "config": case.to_json(), "device": "cuda" if cuda else "cpu", "status": "error",
-        "error": None, "model": {"name": spec.name, "hidden_size": spec.hidden_size,
+        "error": None, "model": {"name": spec.name, "hidden_size": spec.hidden_size, "vocab_size": spec.vocab_size,
                                  "params": count_params(spec).total},
         "tokens": case.tokens, "hidden_size": spec.hidden_size, "micro_batches": micro, "stack": stack_info(torch),
         "notes": [], "phases": {}, "peak": {}, "context": {}, "timing": {},

@@ -132,7 +132,11 @@ def analyse(rows_paths: Path | list[Path], *, results_dir: Path, raw: Path | Non
 
     cal_path = None
     cal_note = "no calibration cases measured"
-    cal_rows = groups.get("calibration", [])
+    # fitted: the calibration cases and the question cases run as they are (peft's recipe, the session's
+    # allocator setting); never the held-out accuracy cases
+    cal_rows = groups.get("calibration", []) + [
+        q for q in groups.get("questions", []) if "train" in (q.get("config") or {})
+        and (q["config"].get("recipe") or "peft") == "peft" and not q["config"].get("env")]
     if sum(r.get("status") == "ok" for r in cal_rows) >= 3:
         cal = calibrate.fit_results(cal_rows, predict)
         cal_path = (ROOT / "profiles" / "calibration" / f"{cal.slug()}.json" if device == "cuda"
