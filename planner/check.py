@@ -180,6 +180,7 @@ def parse_llamafactory(r: _Reader) -> tuple[str, TrainConfig, dict[str, Any]]:
         optim=r.get("optim", str, "adamw_torch"),
         gradient_checkpointing=not r.get("disable_gradient_checkpointing", bool, False),
         use_liger_kernel=r.get("enable_liger_kernel", bool, False), deepspeed_stage=stage, offload=offload,
+        trainer="llamafactory",
     )
     return model, train, {"packing": bool(r.get("packing", bool, False))}
 
@@ -210,7 +211,7 @@ def parse_axolotl(r: _Reader) -> tuple[str, TrainConfig, dict[str, Any]]:
         gradient_checkpointing=bool(r.doc.get("gradient_checkpointing", False)),
         use_liger_kernel=any("liger" in str(p).lower() for p in plugins)
         and bool(r.doc.get("liger_fused_linear_cross_entropy", False)),
-        deepspeed_stage=stage, offload=offload,
+        deepspeed_stage=stage, offload=offload, trainer="axolotl",
     )
     return model, train, {"packing": bool(r.get("sample_packing", bool, False))}
 

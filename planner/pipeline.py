@@ -23,6 +23,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "method": ("finetuning_type", "quantization_bit"),
     "dtype": ("dtype",),
     "amp": ("amp",),
+    "trainer": ("trainer",),
     "quant": ("quantization_bit",),
     "cutoff": ("cutoff_len",),
     "batch_size": ("per_device_train_batch_size",),

@@ -49,6 +49,7 @@ class TrainConfig:
     use_liger_kernel: bool = False
     deepspeed_stage: int = 0  # 0 = no DeepSpeed
     offload: str = "none"  # none | optimizer | params (ZeRO offload to host RAM)
+    trainer: str = "llamafactory"  # whose recipe trains it (planner.trainers, profiles/trainers.yaml)
 
     @property
     def method(self) -> str:

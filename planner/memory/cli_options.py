@@ -18,6 +18,10 @@ from planner.errors import UserError
 from planner.train_config import ATTN_IMPLS, DTYPES, OFFLOAD, OPTIMIZERS, TrainConfig
 
 _OPTIONS = [
+    click.option("--trainer", metavar="llamafactory|trl|axolotl|peft",
+                 help="Whose recipe trains the plan (what it upcasts, how it checkpoints, cuts and masks the "
+                      "data): llamafactory (default), trl, axolotl, peft (transformers Trainer + "
+                      "prepare_model_for_kbit_training). profiles/trainers.yaml cites each fact."),
     click.option("--method", type=click.Choice(["lora", "qlora", "full", "freeze"]),
                  help="Fine-tuning method. qlora = LoRA on a 4-bit (or --quant 8) base."),
     click.option("--dtype", type=click.Choice(DTYPES), help="Dtype the weights are loaded and trained in."),
@@ -79,6 +83,10 @@ def train_config_from_options(opts: dict[str, Any], base: TrainConfig) -> TrainC
         4
     """
     changes: dict[str, Any] = {}
+    if opts.get("trainer") is not None:
+        from planner.trainers import recipe
+
+        changes["trainer"] = recipe(str(opts["trainer"])).name
     method, quant = opts.get("method"), opts.get("quant")
     if method is not None:
         changes["finetuning_type"] = "lora" if method == "qlora" else method

@@ -17,6 +17,7 @@ from planner.memory.step import ActivationModel, activation_model
 from planner.memory.zero import ModelStates, model_states
 from planner.model_spec import ModelSpec
 from planner.train_config import TrainConfig
+from planner.trainers import DEFAULT_TRAINER
 
 # input_ids and labels, int64 (an unpadded batch needs no attention_mask: transformers drops an all-ones
 # mask for sdpa and builds the causal mask itself for eager)
@@ -74,7 +75,7 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
     key = (model, setup, t.finetuning_type, t.quantization_bit, t.double_quantization, t.dtype, t.amp,
            t.lora_rank, t.lora_target, t.lora_dropout, t.use_dora, t.freeze_trainable_layers,
            t.attn_implementation, t.optim, t.gradient_checkpointing, t.use_liger_kernel, t.deepspeed_stage,
-           t.offload, t.gradient_accumulation_steps > 1)
+           t.offload, t.gradient_accumulation_steps > 1, t.trainer)
     hit = _STATIC.get(key)
     if hit is not None:
         return hit
@@ -86,9 +87,18 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
     weights = ms.weights_bytes - ms.quant_constants_bytes + 4 * model.head_dim
     notes = list(ms.notes)
     if train.quantization_bit:
-        notes.append("k-bit: peft prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to "
-                     "fp32, so activations outside the quantized matmuls are fp32 (source reading; the CPU "
-                     "oracles cannot run bitsandbytes)")
+        from planner.trainers import recipe
+
+        r = recipe(train.trainer)
+        note = f"k-bit: {r.kbit_note()}"
+        if r.kbit_upcast_fp32:
+            from planner.memory.weights import weight_bytes
+
+            plain = weight_bytes(model, train.with_(trainer=DEFAULT_TRAINER)).total_bytes
+            extra = weight_bytes(model, train).total_bytes - plain
+            note += (f". The upcast costs {extra / (1 << 30):.2f} GiB of weights here, plus fp32 activations; "
+                     f"LLaMA-Factory, Axolotl and TRL >= 0.23 keep them 16-bit (--trainer llamafactory)")
+        notes.append(note)
     if model.is_moe:
         notes.append("MoE: expert activations approximated as one gated MLP of top-k x expert size (not "
                      "checked against the oracles)")

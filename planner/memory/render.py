@@ -29,8 +29,13 @@ def _gib(n: int | float) -> str:
 def render_memory(mb: MemoryBreakdown, console) -> None:
     """Print the breakdown (largest component first), the phases and the verdict."""
     where = "CPU" if mb.device == "cpu" else "GPU"
+    recipe_name = ""
+    if mb.inputs is not None:
+        from planner.trainers import recipe
+
+        recipe_name = f", trained by {recipe(mb.inputs[1].trainer).tool}"
     table = Table(title=f"Memory per {where} at the {mb.peak_phase} peak "
-                        f"(batch {mb.batch_size} x {mb.seq_len} tokens)", title_justify="left")
+                        f"(batch {mb.batch_size} x {mb.seq_len} tokens{recipe_name})", title_justify="left")
     table.add_column("component")
     table.add_column("GiB", justify="right")
     table.add_column("share", justify="right")

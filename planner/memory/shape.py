@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.errors import UserError
-from planner.memory.weights import DTYPE_BYTES, KBIT_UPCAST_TO_FP32
+from planner.memory.weights import DTYPE_BYTES, kbit_adapter_fp32, kbit_upcast
 from planner.model_spec import ModelSpec
 from planner.params import Linear, linear_layers
 from planner.train_config import TrainConfig
@@ -94,7 +94,7 @@ def check_lora_targets(spec: ModelSpec, targets: tuple[str, ...]) -> None:
 
 def activation_dtypes(train: TrainConfig) -> tuple[int, int, int, int]:
     """(c, cr, cn, cl) bytes: matmul outputs, residual stream, norm outputs, logits."""
-    if train.quantization_bit and KBIT_UPCAST_TO_FP32:
+    if kbit_upcast(train):
         # After peft's fp32 upcast the embeddings, norms and lm_head are fp32, so the residual stream is
         # fp32, and bitsandbytes Linear4bit/8bitLt return their input's dtype (bnb nn/modules.py
         # `.to(inp_dtype)`): every activation outside the quantized matmul is fp32.
@@ -176,6 +176,8 @@ def layer_shape(spec: ModelSpec, train: TrainConfig, device: str, grad_scale: fl
     a = 4 if lora else DTYPE_BYTES[train.dtype]
     if lora and train.deepspeed_stage and train.dtype != "fp32":
         a = DTYPE_BYTES[train.dtype]
+    if lora and train.quantization_bit and not kbit_adapter_fp32(train):
+        a = 2  # TRL casts a quantized model's adapters to bf16 (profiles/trainers.yaml kbit_adapter_dtype)
     gemma = spec.model_type == "gemma2"
     attn = resolve_attn(spec, train)
     if sdpa_falls_back_to_math(spec, attn, c, device):

@@ -118,7 +118,7 @@ def activation_model(spec: ModelSpec, train: TrainConfig, device: str, *, grad_s
         lora_target=tuple(train.lora_target), use_dora=train.use_dora,
         freeze_trainable_layers=train.freeze_trainable_layers, attn_implementation=train.attn_implementation,
         gradient_checkpointing=train.gradient_checkpointing, use_liger_kernel=train.use_liger_kernel,
-        deepspeed_stage=1 if train.deepspeed_stage else 0)
+        deepspeed_stage=1 if train.deepspeed_stage else 0, trainer=train.trainer)
     return _activation_model(spec, key, device, grad_scale, grads_resident)
 
 

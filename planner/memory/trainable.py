@@ -12,10 +12,11 @@ from functools import lru_cache
 
 from planner.errors import UserError
 from planner.memory.shape import _is_target, check_lora_targets
-from planner.memory.weights import DTYPE_BYTES
+from planner.memory.weights import DTYPE_BYTES, kbit_adapter_fp32
 from planner.model_spec import ModelSpec
 from planner.params import count_params, linear_layers
 from planner.train_config import OPTIMIZERS, TrainConfig
+from planner.trainers import DEFAULT_TRAINER
 
 # bitsandbytes 8-bit optimizers (optim/optimizer.py Optimizer8bit): block-wise quantized states in blocks
 # of 256 with one fp32 absmax each; tensors under min_8bit_size elements keep fp32 states.
@@ -142,7 +143,9 @@ def trainable_state(spec: ModelSpec, train: TrainConfig) -> TrainableState:
     key = TrainConfig(finetuning_type=train.finetuning_type, dtype=train.dtype, lora_rank=train.lora_rank,
                       lora_target=tuple(train.lora_target), use_dora=train.use_dora,
                       freeze_trainable_layers=train.freeze_trainable_layers, optim=train.optim,
-                      deepspeed_stage=1 if train.deepspeed_stage else 0)
+                      deepspeed_stage=1 if train.deepspeed_stage else 0,
+                      quantization_bit=train.quantization_bit if train.finetuning_type == "lora" else None,
+                      trainer=train.trainer if train.quantization_bit else DEFAULT_TRAINER)
     return _trainable_state(spec, key)
 
 
@@ -154,6 +157,8 @@ def _trainable_state(spec: ModelSpec, train: TrainConfig) -> TrainableState:
         # peft cast_adapter_dtype upcasts fp16/bf16 adapters to fp32 (autocast_adapter_dtype=True); a
         # DeepSpeed bf16/fp16 engine casts the whole module back to 16 bits.
         pb = DTYPE_BYTES[train.dtype] if train.deepspeed_stage and train.dtype != "fp32" else 4
+        if not kbit_adapter_fp32(train):  # TRL casts a quantized model's adapters to bf16
+            pb = 2
     elif method == "full":
         pairs = _all_tensors(spec)
         pb = DTYPE_BYTES[train.dtype]

@@ -24,10 +24,15 @@ DQ_CODE_BYTES = 256 * 4 + 4  # nested dynamic map + offset
 # LLM.int8 (bitsandbytes Int8Params): int8 weight + one fp32 scale per output row (SCB).
 INT8_ROW_SCALE_BYTES = 4
 
-# peft.prepare_model_for_kbit_training (peft/utils/other.py) casts every fp16/bf16 parameter that is not
-# Params4bit to fp32: embeddings, norms, biases and an untied lm_head. TRL's SFTTrainer and the QLoRA
-# recipe call it; the memory model assumes it for every quantized run.
-KBIT_UPCAST_TO_FP32 = True
+
+
+def kbit_upcast(train: TrainConfig) -> bool:
+    """A quantized run whose trainer calls peft.prepare_model_for_kbit_training (peft/utils/other.py:209 casts
+    every fp16/bf16 parameter that is not Params4bit to fp32: embeddings, norms, biases, an untied lm_head).
+    LLaMA-Factory, Axolotl and TRL >= 0.23 do not (profiles/trainers.yaml cites the lines)."""
+    from planner.trainers import recipe
+
+    return bool(train.quantization_bit) and recipe(train.trainer).kbit_upcast_fp32
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,17 @@ class WeightBytes:
         return self.quantized_bytes + self.quant_constants_bytes + self.other_bytes
 
 
+def kbit_adapter_fp32(train: TrainConfig) -> bool:
+    """LoRA weights on a quantized base stay fp32 (peft's autocast_adapter_dtype; LLaMA-Factory's cast), unless
+    the trainer casts them to the 16-bit compute dtype (TRL >= 0.29: sft_trainer.py:905-911 in 1.16.0)."""
+    from planner.trainers import recipe
+
+    return not train.quantization_bit or recipe(train.trainer).kbit_adapter_fp32
+
+
 def weight_dtype_bytes(train: TrainConfig) -> int:
     """Bytes per element of the float weights as loaded (fp32 under the k-bit upcast)."""
-    if train.quantization_bit and KBIT_UPCAST_TO_FP32:
+    if kbit_upcast(train):
         return 4
     return DTYPE_BYTES[train.dtype]
 

@@ -103,7 +103,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         tp = self.throughput
-        config = {"method": self.config.method,
+        config = {"method": self.config.method, "trainer": self.config.trainer,
                   **llamafactory_config(self.config, self.hparams, packing=self.packing),
                   "effective_batch_size": self.effective_batch}
         if self.group_by_length:

@@ -135,6 +135,16 @@ def explain(w: Candidate, seen: list[Candidate], ev: Evaluator, space: Space, da
     def given(key: str) -> bool:
         return key in pinned
 
+    from planner.trainers import DEFAULT_TRAINER, recipe
+
+    r = recipe(c.trainer)
+    if given("trainer"):
+        why = f"as given ({r.checked} recipe, profiles/trainers.yaml)"
+    else:
+        why = (f"default: the exported llamafactory.yaml is trained by it ({r.checked} recipe); "
+               f"--trainer {' | '.join(n for n in ('trl', 'axolotl', 'peft') if n != DEFAULT_TRAINER)} for another")
+    out.append(("trainer", r.tool, why))
+
     # method
     if given("finetuning_type") or given("quantization_bit"):
         why = "as given"

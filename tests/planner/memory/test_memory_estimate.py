@@ -65,10 +65,15 @@ def test_nf4_golden():
     assert 0.12 < const * 8 / (4096 * 4096) < 0.135
 
 
-def test_qlora_weights_keep_embeddings_and_lm_head_in_fp32(qwen7b):
-    w = weight_bytes(qwen7b, TrainConfig(quantization_bit=4))
+def test_qlora_weights_follow_the_trainers_recipe(qwen7b):
     linear = sum(x.weight_numel for x in linear_layers(qwen7b) if x.module_linear)
-    assert w.other_bytes == (count_params(qwen7b).total - linear) * 4  # peft k-bit upcast
+    # peft's prepare_model_for_kbit_training (the `peft` recipe) upcasts embeddings, norms and lm_head to fp32
+    w = weight_bytes(qwen7b, TrainConfig(quantization_bit=4, trainer="peft"))
+    assert w.other_bytes == (count_params(qwen7b).total - linear) * 4
+    # LLaMA-Factory (the default), Axolotl and TRL >= 0.23 keep them in the 16-bit compute dtype
+    for trainer in ("llamafactory", "axolotl", "trl"):
+        w = weight_bytes(qwen7b, TrainConfig(quantization_bit=4, trainer=trainer))
+        assert w.other_bytes == (count_params(qwen7b).total - linear) * 2, trainer
     assert 4.3e9 < 2 * 152064 * 3584 * 4 < 4.4e9  # MEMORY-NOTES: ~4.4 GB for Qwen2.5-7B's two tables
     w8 = weight_bytes(qwen7b, TrainConfig(quantization_bit=8))
     assert w8.quantized_bytes == linear  # LLM.int8: one byte per weight
