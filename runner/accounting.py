@@ -200,6 +200,8 @@ def make_tracker(model, optimizer, *, checkpointing: bool = False):
                 self.track(p, "trainable" if p.requires_grad else "weights")
             for b in self.model.buffers():
                 self.track(b, "weights")
+            for t in quant_state_tensors(self.model):
+                self.track(t, "weights")
             for t in batch.values():
                 self.track(t, "inputs")
             self._note_peak()
@@ -224,6 +226,23 @@ def make_tracker(model, optimizer, *, checkpointing: bool = False):
             return out
 
     return StorageTracker()
+
+
+def quant_state_tensors(model):
+    """The tensors of bitsandbytes 4-bit weights' QuantState (absmax, code, offset and the nested state2 of
+    double quantization): part of the weights, held outside parameters and buffers."""
+    import torch
+
+    seen = set()
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)
+        while qs is not None:
+            for name in ("absmax", "code", "offset"):
+                t = getattr(qs, name, None)
+                if isinstance(t, torch.Tensor) and id(t) not in seen:
+                    seen.add(id(t))
+                    yield t
+            qs = getattr(qs, "state2", None)
 
 
 def _grad_enabled() -> bool:

@@ -98,8 +98,9 @@ _FALLBACK = "the CPU oracles cannot run it. Use the analytic model, or measure o
 
 
 def check_cpu_runnable(train: TrainConfig) -> None:
-    """Raise NeedsCuda for what cannot run on a CPU at all: bitsandbytes quantization and optimizers."""
-    _check_buildable(train)
+    """Raise NeedsCuda for what cannot run on a CPU at all: bitsandbytes 8-bit weights and optimizers
+    (4-bit NF4 runs on the CPU with bitsandbytes >= 0.48: load, forward and backward)."""
+    _check_buildable(train, "cpu")
     if train.optim in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
         raise NeedsCuda(f"optim={train.optim} is a bitsandbytes optimizer and needs a CUDA device; {_FALLBACK}")
 
@@ -115,11 +116,24 @@ def check_oracle_runnable(train: TrainConfig) -> None:
                         f"and offloads across processes; {_FALLBACK}")
 
 
-def _check_buildable(train: TrainConfig) -> None:
-    if train.quantization_bit:
-        raise NeedsCuda(
-            f"{train.quantization_bit}-bit loading (bitsandbytes) needs a CUDA device and is not built here; "
-            f"{_FALLBACK}")
+def cpu_4bit_available() -> bool:
+    """bitsandbytes with a CPU backend for 4-bit (NF4) weights: 0.48 and later."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        return False
+    parts = bitsandbytes.__version__.split(".")
+    return (int(parts[0]), int(parts[1])) >= (0, 48)
+
+
+def _check_buildable(train: TrainConfig, device: str = "cpu") -> None:
+    if not train.quantization_bit:
+        return
+    if train.quantization_bit == 4 and device == "cpu" and cpu_4bit_available():
+        return
+    where = "a CUDA device" if train.quantization_bit == 8 else "a CUDA device (or bitsandbytes >= 0.48 on the CPU)"
+    raise NeedsCuda(f"{train.quantization_bit}-bit loading (bitsandbytes) needs {where} and is not built here; "
+                    f"{_FALLBACK}")
 
 
 def build_model(spec: ModelSpec, train: TrainConfig, *, device: str = "cpu", dtype: torch.dtype | None = None,
@@ -135,22 +149,88 @@ def build_model(spec: ModelSpec, train: TrainConfig, *, device: str = "cpu", dty
     import torch
     from transformers import AutoModelForCausalLM
 
-    _check_buildable(train)
+    _check_buildable(train, device)
     impl, _ = resolve_attn(spec, train, attn)
     cfg = transformers_config(spec)
     cfg.use_cache = False  # training never keeps a KV cache (LLaMA-Factory sets the same)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype or torch_dtype(train.dtype),
-                                                 attn_implementation=impl)
+    if train.quantization_bit:
+        model = load_quantized_random(spec, train, dtype=dtype or torch_dtype(train.dtype), attn=impl)
+    else:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype or torch_dtype(train.dtype),
+                                                     attn_implementation=impl)
     model.train()
-    if train.gradient_checkpointing:
+    return apply_method(model, spec, train)
+
+
+def quantization_config(train: TrainConfig):
+    """The BitsAndBytesConfig of a k-bit plan (what LLaMA-Factory's quantization_bit / double_quantization ask)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.float16 if train.dtype == "fp16" else torch.bfloat16
+    if train.quantization_bit == 4:
+        # QLoRA (Dettmers et al. 2023): NF4 storage, double quantization, 16-bit compute. BitsAndBytesConfig's
+        # own defaults (fp4, no double quant, fp32 compute) are not QLoRA's, so every field is set.
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=train.double_quantization,
+                                  bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_quantized_random(spec: ModelSpec, train: TrainConfig, *, dtype, attn: str, device: str = "cpu"):
+    """Random weights written to a temporary folder and loaded back through bitsandbytes, as a k-bit
+    checkpoint loads (transformers quantizes every decoder nn.Linear while loading; embeddings and lm_head
+    stay in `dtype`)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    tmp = tempfile.mkdtemp(prefix="vramplan-random-")
+    try:
+        AutoModelForCausalLM.from_config(transformers_config(spec), dtype=dtype).save_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(
+            tmp, dtype=dtype, attn_implementation=attn, quantization_config=quantization_config(train),
+            device_map={"": device}, use_safetensors=True, trust_remote_code=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    model.config.use_cache = False
+    return model
+
+
+def apply_method(model: torch.nn.Module, spec: ModelSpec, train: TrainConfig) -> torch.nn.Module:
+    """The method step of the trainer's recipe (planner.trainers) on a loaded model: k-bit preparation,
+    checkpointing, full / freeze / LoRA. Shared by the oracles and `plan --apply`.
+
+    - peft recipe (and TRL <= 0.22): peft.prepare_model_for_kbit_training on a quantized model (fp32 upcast
+      of every non-quantized weight, checkpointing), then LoRA.
+    - LLaMA-Factory, Axolotl, TRL >= 0.23: no upcast; checkpointing with input gradients
+      (LLaMA-Factory: model_utils/checkpointing.py:80-101), then LoRA with fp32 adapters (adapter.py:286-288);
+      TRL casts a quantized model's adapters to bf16 (sft_trainer.py:905-911 in 1.16.0).
+    """
+    from planner.trainers import recipe
+
+    r = recipe(train.trainer)
+    if train.quantization_bit and r.kbit_upcast_fp32:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif train.gradient_checkpointing:
         enable_checkpointing(model)
     if train.finetuning_type == "full":
         model.requires_grad_(True)
     elif train.finetuning_type == "freeze":
-        _freeze_all_but_last_layers(model, cfg.num_hidden_layers, train.freeze_trainable_layers)
+        _freeze_all_but_last_layers(model, spec.num_layers, train.freeze_trainable_layers)
     elif train.finetuning_type == "lora":
         model = _apply_lora(model, train)
+        if train.quantization_bit and not r.kbit_adapter_fp32:
+            compute = torch_dtype("fp16" if train.dtype == "fp16" else "bf16")
+            for name, param in model.named_parameters():
+                if param.requires_grad and "lora_magnitude_vector" not in name:
+                    param.data = param.data.to(compute)
     else:
         raise ValueError(f"unknown finetuning_type {train.finetuning_type!r}")
     return model

@@ -1,7 +1,7 @@
 """Train with a plan: load the model as planned, run HF Trainer, measure every phase, save the result.
 
 Loading follows the plan exactly: dtype, bitsandbytes 4/8-bit (NF4, double quantization, bf16
-compute), peft LoRA/QLoRA/DoRA (prepare_model_for_kbit_training for k-bit), full and freeze tuning,
+compute), peft LoRA/QLoRA/DoRA (the trainer recipe's k-bit step), full and freeze tuning,
 non-reentrant gradient checkpointing, Liger Kernel (CUDA), the planned attention implementation and
 a DeepSpeed config for the planned ZeRO stage/offload. The method is applied by runner.build's
 helpers, the same ones the CPU oracles use.
@@ -103,16 +103,7 @@ def _apply_liger(spec: ModelSpec, train: TrainConfig, device: str, notes: list[s
 
 
 def _quantization_config(train: TrainConfig):
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.float16 if train.dtype == "fp16" else torch.bfloat16
-    if train.quantization_bit == 4:
-        # QLoRA (Dettmers et al. 2023): NF4 storage, double quantization, 16-bit compute. BitsAndBytesConfig's
-        # own defaults (fp4, no double quant, fp32 compute) are not QLoRA's, so every field is set.
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=train.double_quantization,
-                                  bnb_4bit_compute_dtype=compute)
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return build.quantization_config(train)
 
 
 def _model_source(plan: PlanFile, spec: ModelSpec) -> str:
@@ -127,22 +118,10 @@ def _model_source(plan: PlanFile, spec: ModelSpec) -> str:
 
 
 def _apply_method(model, spec: ModelSpec, train: TrainConfig):
-    """LoRA / full / freeze and checkpointing on a loaded model: runner.build's helpers, as the oracles do."""
-    if train.quantization_bit:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=train.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif train.gradient_checkpointing:
-        build.enable_checkpointing(model)
-    if train.finetuning_type == "full":
-        model.requires_grad_(True)
-    elif train.finetuning_type == "freeze":
-        build._freeze_all_but_last_layers(model, spec.num_layers, train.freeze_trainable_layers)
-    elif train.finetuning_type == "lora":
-        model = build._apply_lora(model, train)
-    return model
+    """The method step of train.trainer's recipe on a loaded model (runner.build.apply_method, as the oracles
+    do): LLaMA-Factory's by default (no fp32 upcast of a quantized model), peft's prepare_model_for_kbit_training
+    under --trainer peft."""
+    return build.apply_method(model, spec, train)
 
 
 def load_model(plan: PlanFile, spec: ModelSpec, train: TrainConfig, *, init: str, device: str, attn: str,
@@ -169,7 +148,7 @@ def load_model(plan: PlanFile, spec: ModelSpec, train: TrainConfig, *, init: str
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn, "use_safetensors": True,
                               "trust_remote_code": False}
     if train.quantization_bit:
-        if device != "cuda":
+        if device != "cuda" and not (train.quantization_bit == 4 and build.cpu_4bit_available()):
             raise UserError(f"{plan.where}: {train.quantization_bit}-bit loading (bitsandbytes) needs a CUDA GPU.",
                             "Apply this plan on a machine with an NVIDIA GPU, or re-plan without quantization.")
         kwargs["quantization_config"] = _quantization_config(train)

@@ -103,6 +103,19 @@ TENSOR_CASES = (
          layers=5),
     Case("qwen3 lora bf16 (q/k norm)", "qwen3", 2, 128),
     Case("phi3 lora ckpt (fused qkv, gate_up)", "phi3", 1, 256, {"gradient_checkpointing": True}),
+    # QLoRA (bitsandbytes 4-bit NF4 on the CPU) under each trainer's recipe (profiles/trainers.yaml):
+    # LLaMA-Factory keeps embeddings/norms/lm_head 16-bit, peft's prepare_model_for_kbit_training upcasts
+    # them to fp32, TRL casts the adapters to bf16.
+    Case("qwen2 qlora llamafactory", "qwen2", 1, 256, {"quantization_bit": 4}),
+    Case("qwen2 qlora ckpt llamafactory", "qwen2", 2, 128, {"quantization_bit": 4, "gradient_checkpointing": True}),
+    Case("qwen2 qlora peft (fp32 upcast)", "qwen2", 1, 256, {"quantization_bit": 4, "trainer": "peft"}),
+    Case("qwen2 qlora ckpt peft (fp32 upcast)", "qwen2", 2, 128,
+         {"quantization_bit": 4, "gradient_checkpointing": True, "trainer": "peft"}),
+    Case("qwen2 qlora trl (bf16 adapters)", "qwen2", 1, 256, {"quantization_bit": 4, "trainer": "trl"}),
+    Case("llama qlora dropout no double quant llamafactory", "llama", 1, 256,
+         {"quantization_bit": 4, "double_quantization": False, "lora_dropout": 0.1}),
+    Case("llama qlora r32 accum2 peft", "llama", 1, 128,
+         {"quantization_bit": 4, "lora_rank": 32, "gradient_accumulation_steps": 2, "trainer": "peft"}),
 )
 
 # Oracle 2: the full-size model traced with fake tensors (~10-20 s each).

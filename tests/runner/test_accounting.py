@@ -143,9 +143,24 @@ def test_freeze_trains_the_last_layers_only():
     assert names and all(".layers.1." in n for n in names)
 
 
-@pytest.mark.parametrize("changes", [{"quantization_bit": 4}, {"quantization_bit": 8}, {"optim": "adamw_8bit"},
+@pytest.mark.parametrize("changes", [{"quantization_bit": 8}, {"optim": "adamw_8bit"},
                                      {"optim": "paged_adamw_32bit"}, {"use_liger_kernel": True},
                                      {"deepspeed_stage": 2}, {"deepspeed_stage": 3, "offload": "optimizer"}])
 def test_what_only_runs_on_a_gpu_is_refused(changes):
     with pytest.raises(NeedsCuda, match="analytic model"):
         measure_step(spec_of("qwen2"), TrainConfig(**changes), batch_size=1, seq_len=16)
+
+
+def test_4bit_runs_on_the_cpu_and_only_there():
+    """bitsandbytes >= 0.48 runs NF4 on the CPU: the oracle measures QLoRA (tests/runner/test_gates.py); a
+    k-bit build for another device still says it needs the CUDA path (benchmarks/cuda_build.py swaps layers)."""
+    from runner.build import cpu_4bit_available
+
+    if not cpu_4bit_available():
+        with pytest.raises(NeedsCuda, match="bitsandbytes"):
+            measure_step(spec_of("qwen2"), TrainConfig(quantization_bit=4), batch_size=1, seq_len=16)
+        return
+    mem = measure_step(spec_of("qwen2"), TrainConfig(quantization_bit=4), batch_size=1, seq_len=16)
+    assert mem.categories_at_peak["other"] == 0  # the QuantState tensors are counted as weights
+    with pytest.raises(NeedsCuda, match="bitsandbytes"):
+        build_model(spec_of("qwen2"), TrainConfig(quantization_bit=4), device="meta")

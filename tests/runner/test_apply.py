@@ -183,3 +183,23 @@ def test_synthetic_random_init_eval_and_merge(tiny, tmp_path):
     assert (tmp_path / "out" / "merged" / "model.safetensors").is_file()
     saved = PlanFile.load(tmp_path / "out" / "plan.yaml")
     assert saved.synthetic == (4, 16) and saved.training["init"] == "random"
+
+
+@pytest.mark.parametrize("trainer", ["llamafactory", "peft"])
+def test_qlora_applies_with_the_recipe_it_planned(tiny, tmp_path, trainer):
+    """QLoRA on the CPU (bitsandbytes 4-bit) trains the recipe the plan names: LLaMA-Factory keeps the tied
+    embedding in bf16, peft's prepare_model_for_kbit_training upcasts it to fp32; prediction within 2%."""
+    from runner.build import cpu_4bit_available
+
+    if not cpu_4bit_available():
+        pytest.skip("4-bit on the CPU needs bitsandbytes >= 0.48")
+    model, _ = tiny
+    plan = plan_dict(model, None, dtype="bf16", quantization_bit=4, gradient_checkpointing=False, trainer=trainer)
+    rc, text = _apply(plan, tmp_path / "out", max_steps=2, init="random", synthetic=(2, 32))
+    assert rc == 0, text
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "ok"
+    err = report["error"]
+    assert abs(err["peak_tensor_bytes"]) <= 0.02, (report["predicted"], report["measured"])
+    assert all(abs(e) <= 0.02 for e in err["phases"].values()), err
+    assert abs(err["components"]["weights"]) <= 0.02, err

@@ -32,7 +32,10 @@ def _errors(case: Case, measured) -> dict[str, float]:
 @pytest.mark.parametrize("case", TENSOR_CASES, ids=lambda c: c.name)
 def test_tensor_accounting_gate(case: Case):
     from runner.accounting import measure_step
+    from runner.build import cpu_4bit_available
 
+    if case.train.get("quantization_bit") and not cpu_4bit_available():
+        pytest.skip("4-bit on the CPU needs bitsandbytes >= 0.48")
     measured = measure_step(case.spec(), case.train_config(), batch_size=case.batch_size, seq_len=case.seq_len,
                             warm_start=True)
     errors = _errors(case, measured)
