@@ -66,6 +66,8 @@ def data_request(plan: PlanFile, request_cls: type) -> Any:
                 raw[key] = tuple(value)
         if "cutoff_len" in names:
             raw["cutoff_len"] = plan.config.cutoff_len
+        if "trainer" in names:  # the template the planned recipe renders (LLaMA-Factory's by default)
+            raw.setdefault("trainer", plan.config.trainer)
     return request_cls(**raw)
 
 

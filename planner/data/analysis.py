@@ -51,7 +51,8 @@ class DataRequest:
     dataset: tuple[str, ...] = ()  # entry names in dataset_dir/dataset_info.json
     dataset_dir: str | None = None
     format: str | None = None  # force alpaca|sharegpt|messages|text
-    template: str | None = None  # built-in name, .jinja file, or "model"
+    template: str | None = None  # built-in name, .jinja file, or "model"; None: the one the trainer renders
+    trainer: str = "llamafactory"  # whose recipe trains (planner.trainers): decides the default template
     tokenizer: str | None = None  # folder or tokenizer.json
     percentile: float = 0.98
     sample: int | None = None  # tokenize a uniform random subset of this many records
@@ -86,7 +87,7 @@ def _sources(request: DataRequest) -> list[Source]:
 
 def encode_records(request: DataRequest, model: ModelSpec) -> Iterator[EncodedSample]:
     """Token ids and labels for training, through the same rendering and counting code as analyze()."""
-    prep = prepare(model, tokenizer=request.tokenizer, template=request.template)
+    prep = prepare(model, tokenizer=request.tokenizer, template=request.template, trainer=request.trainer)
     if not isinstance(prep.counter, ExactCounter):
         raise UserError("training needs the real tokenizer, and none was found "
                         f"({prep.tokenizer.note}).", "Pass --tokenizer FOLDER or use a local model folder.")
@@ -101,7 +102,7 @@ def encode_records(request: DataRequest, model: ModelSpec) -> Iterator[EncodedSa
 def analyze(request: DataRequest, model: ModelSpec, *, progress: bool = True) -> DataStats:
     """Token-length statistics of the requested data under the model's tokenizer and template."""
     sources = _sources(request)
-    prep = prepare(model, tokenizer=request.tokenizer, template=request.template)
+    prep = prepare(model, tokenizer=request.tokenizer, template=request.template, trainer=request.trainer)
     key = _key(request, sources, prep) if request.use_cache else None
     hit = cache.load(key) if key else None
     if hit is not None:
@@ -199,7 +200,7 @@ def _in_workers(prep: Prepared, units: Iterator[list[Item] | Block], workers: in
 def _stats(request: DataRequest, model: ModelSpec, prep: Prepared, sources: list[Source], lengths: array,
            meta: dict[str, Any], *, cached: bool) -> DataStats:
     files = prep.tokenizer
-    warnings = []
+    warnings = [prep.note] if prep.note else []
     error = None
     if not prep.counter.exact:
         error = getattr(prep.counter, "error", None)

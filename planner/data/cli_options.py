@@ -58,6 +58,12 @@ def data_request_from_options(opts: dict[str, Any], model: ModelSpec) -> DataReq
     percentile = opts.get("percentile")
     return DataRequest(
         data=data, dataset=dataset, dataset_dir=opts.get("dataset_dir"), format=opts.get("format_data"),
-        template=opts.get("template"), tokenizer=opts.get("tokenizer"),
+        template=opts.get("template"), tokenizer=opts.get("tokenizer"), trainer=_trainer(opts),
         percentile=0.98 if percentile is None else float(percentile), sample=opts.get("sample"),
         plot=opts.get("plot"), use_cache=not opts.get("no_cache", False))
+
+
+def _trainer(opts: dict[str, Any]) -> str:
+    from planner.trainers import DEFAULT_TRAINER, recipe
+
+    return recipe(str(opts["trainer"])).name if opts.get("trainer") else DEFAULT_TRAINER

@@ -15,10 +15,11 @@ from planner.data.encode import Counter, ExactCounter
 from planner.data.estimate import EstimateCounter
 from planner.data.formats import Sample
 from planner.data.skeleton import Skeletons
-from planner.data.templates import BUILTIN, ChatTemplate, family_template
+from planner.data.templates import BUILTIN, LF_RENDERED, ChatTemplate, family_template
 from planner.data.tokenizer_files import TokenizerFiles, pick_template, resolve_tokenizer
 from planner.errors import UserError
 from planner.model_spec import ModelSpec
+from planner.trainers import DEFAULT_TRAINER
 
 Spans = list[tuple[int, int]]
 
@@ -33,6 +34,7 @@ class Prepared:
     chat_tools: ChatTemplate  # the template used when a sample has tools (named templates differ)
     eos_token: str
     skeletons: dict[int, Skeletons] = field(default_factory=dict, compare=False, repr=False)
+    note: str | None = None  # said with the statistics: which template the trainer's recipe renders
 
     @property
     def template_name(self) -> str:
@@ -85,8 +87,11 @@ class Prepared:
             yield sample, text, spans
 
 
-def prepare(model: ModelSpec, *, tokenizer: str | None = None, template: str | None = None) -> Prepared:
-    """Resolve the tokenizer chain and the template (the model's own unless --template names one)."""
+def prepare(model: ModelSpec, *, tokenizer: str | None = None, template: str | None = None,
+            trainer: str | None = None) -> Prepared:
+    """Resolve the tokenizer chain and the template: the one --template names, else the one the trainer's recipe
+    renders (LLaMA-Factory: the template the exported llamafactory.yaml names, when vramplan renders it as
+    LLaMA-Factory does), else the model's own."""
     files = resolve_tokenizer(tokenizer, model)
     special = dict(files.special_tokens)
     counter: Counter
@@ -94,6 +99,7 @@ def prepare(model: ModelSpec, *, tokenizer: str | None = None, template: str | N
         counter = ExactCounter(files.tokenizer_json)
     else:
         counter = EstimateCounter.for_model(model.model_type)
+    note = None
     if template and template != "model":
         path = Path(template).expanduser()
         if template.endswith(".jinja") or path.is_file():
@@ -103,20 +109,48 @@ def prepare(model: ModelSpec, *, tokenizer: str | None = None, template: str | N
         elif template in BUILTIN:
             chat = ChatTemplate.builtin(template, special)
         else:
-            raise UserError(f"--template {template!r} is not a built-in template.",
-                            f"Built-in: {', '.join(BUILTIN)}; `model` for the model's own; or a .jinja file.")
-        tools_chat = chat
+            raise unknown_template(template)
+        return Prepared(files, counter, chat, chat, special.get("eos_token", ""))
+    if template is None and (trainer or DEFAULT_TRAINER) == "llamafactory":
+        from planner.exports.llamafactory import lf_template
+
+        name = lf_template(model)
+        if name in LF_RENDERED:
+            chat = ChatTemplate.builtin(name, special)
+            note = (f"template {name}: LLaMA-Factory's, as the exported llamafactory.yaml names it "
+                    f"({LF_RENDERED[name]}); --template model counts with the tokenizer's own")
+            return Prepared(files, counter, chat, chat, special.get("eos_token", ""), note=note)
+        note = (f"LLaMA-Factory trains with its `{name}` template (the exported llamafactory.yaml names it); "
+                f"vramplan renders only {', '.join(LF_RENDERED)} as LLaMA-Factory does, so these counts use the "
+                f"model's own template")
+    own = pick_template(files.chat_template, has_tools=False)
+    if own is not None:
+        chat = ChatTemplate("model", own, special)
+        tools_chat = ChatTemplate("model", pick_template(files.chat_template, has_tools=True) or own, special)
+    elif template == "model":
+        raise UserError(f"--template model: the tokenizer ({files.location}) has no chat template.",
+                        f"Choose a built-in one: {', '.join(BUILTIN)}.")
     else:
-        own = pick_template(files.chat_template, has_tools=False)
-        if own is not None:
-            chat = ChatTemplate("model", own, special)
-            tools_chat = ChatTemplate("model", pick_template(files.chat_template, has_tools=True) or own, special)
-        elif template == "model":
-            raise UserError(f"--template model: the tokenizer ({files.location}) has no chat template.",
-                            f"Choose a built-in one: {', '.join(BUILTIN)}.")
-        else:
-            chat = tools_chat = ChatTemplate.builtin(family_template(model.model_type, model.vocab_size), special)
-    return Prepared(files, counter, chat, tools_chat, special.get("eos_token", ""))
+        chat = tools_chat = ChatTemplate.builtin(family_template(model.model_type, model.vocab_size), special)
+    return Prepared(files, counter, chat, tools_chat, special.get("eos_token", ""), note=note)
+
+
+def unknown_template(name: str) -> UserError:
+    """--template NAME that is neither built in nor a file: the closest names, never a silent mapping."""
+    import difflib
+
+    from planner.trainers import recipe
+
+    lf_names = tuple(recipe("llamafactory").value("templates", ()) or ())
+    if name in lf_names:
+        return UserError(f"--template {name}: LLaMA-Factory has this template, but vramplan does not render it "
+                         f"as LLaMA-Factory does (it renders {', '.join(LF_RENDERED)}).",
+                         "Use --template model (the tokenizer's own), a built-in one, or a .jinja file with the "
+                         "same format.")
+    close = difflib.get_close_matches(name, list(BUILTIN) + list(lf_names), n=4, cutoff=0.5)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    return UserError(f"--template {name!r} is not a template vramplan or LLaMA-Factory knows.{hint}",
+                     f"Built-in: {', '.join(BUILTIN)}; `model` for the model's own; or a .jinja file.")
 
 
 def template_identity(prep: Prepared) -> dict[str, Any]:

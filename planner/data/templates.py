@@ -32,7 +32,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from planner.errors import UserError
 
 BUILTIN = ("chatml", "qwen", "llama3", "llama2", "mistral", "gemma", "phi", "glm4", "default", "alpaca", "empty")
-_ALIASES = {"qwen": "chatml", "alpaca": "default"}
+_ALIASES = {"alpaca": "default"}
+# Built-ins that render exactly as LLaMA-Factory's template of the same name (name -> source), checked against
+# LLaMA-Factory's own pipeline in tests/planner/data/test_llamafactory_pipeline.py when it is importable.
+LF_RENDERED = {"qwen": "llamafactory 0.9.5 data/template.py:1946, tool_utils.py:80-86, 588-608"}
 # model_type -> built-in template for models whose tokenizer ships none.
 _FAMILY_TEMPLATE = {
     "qwen2": "chatml", "qwen3": "chatml", "qwen2_moe": "chatml", "qwen3_moe": "chatml", "internlm2": "chatml",
@@ -82,8 +85,9 @@ def compile_template(source: str) -> jinja2.Template:
 def builtin_source(name: str) -> str:
     name = _ALIASES.get(name, name)
     if name not in BUILTIN:
-        raise UserError(f"--template {name!r} is not a built-in template.",
-                        f"Built-in: {', '.join(BUILTIN)}; or give a .jinja file, or `model` for the model's own.")
+        from planner.data.pipeline import unknown_template
+
+        raise unknown_template(name)
     return (resources.files("profiles") / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
 
 

@@ -18,7 +18,7 @@ import yaml
 from planner.exports.llamafactory import detect_format
 
 # Axolotl dataset types per planner.data format.
-_TYPES = {"alpaca": "alpaca", "sharegpt": "chat_template", "messages": "chat_template"}
+_TYPES = {"alpaca": "alpaca", "sharegpt": "chat_template", "messages": "chat_template", "text": "completion"}
 # Axolotl's built-in chat_template names by model family (utils/chat_templates).
 _CHAT_TEMPLATES = {"qwen2": "qwen_25", "qwen2_moe": "qwen_25", "qwen3": "qwen3", "qwen3_moe": "qwen3",
                    "mistral": "mistral_v3_tekken", "mixtral": "mistral_v1", "gemma2": "gemma", "phi3": "phi_3"}

@@ -25,14 +25,10 @@ LF_TEMPLATES = {
     "baichuan": "baichuan2",
 }
 REMOTE_CODE = ("baichuan", "internlm2")  # families whose modeling code lives in the hub repo
-# dataset_info.json "formatting"/"columns"/"tags" per planner.data format (LLaMA-Factory data/README.md).
-_FORMATS: dict[str, dict[str, Any]] = {
-    "alpaca": {},
-    "sharegpt": {"formatting": "sharegpt"},
-    "messages": {"formatting": "sharegpt", "columns": {"messages": "messages"},
-                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                          "assistant_tag": "assistant", "system_tag": "system"}},
-}
+# dataset_info.json tags of OpenAI-style messages (LLaMA-Factory data/README.md, "sharegpt" with role/content);
+# a tool result is role "tool" there, LLaMA-Factory's default observation tag is "observation".
+_MESSAGES_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                  "system_tag": "system", "observation_tag": "tool", "function_tag": "function_call"}
 
 
 @cache
@@ -58,20 +54,59 @@ def lf_template(spec) -> str:
     return LF_TEMPLATES.get(spec.model_type, "default")
 
 
-def detect_format(path: Path) -> str:
-    """alpaca | sharegpt | messages from the first record of a JSON/JSONL file (alpaca when unsure)."""
+def _first_record(path: Path) -> dict[str, Any] | None:
     try:
-        from planner.data.formats import detect_format
-
         with path.open(encoding="utf-8") as fh:
             if path.suffix == ".jsonl":
-                first = json.loads(fh.readline())
-            else:
-                doc = json.load(fh)
-                first = doc[0] if isinstance(doc, list) and doc else doc
-        return detect_format(first, str(path)).format
+                return json.loads(fh.readline())
+            doc = json.load(fh)
+            return doc[0] if isinstance(doc, list) and doc else doc
     except Exception:  # unreadable here (planning for another machine): the user fixes the entry
-        return "alpaca"
+        return None
+
+
+def detect_format(path: Path) -> str:
+    """alpaca | sharegpt | messages | text from the first record of a JSON/JSONL file (alpaca when unsure)."""
+    return dataset_entry(path)[1]
+
+
+def dataset_entry(path: Path, fmt: str | None = None) -> tuple[dict[str, Any], str]:
+    """(LLaMA-Factory dataset_info.json entry, format) for one local file. LLaMA-Factory reads only the columns
+    an entry names beyond its defaults (data/parser.py DatasetAttr: alpaca reads instruction/input/output,
+    sharegpt reads conversations; system, history and tools only when named), so every column the planner
+    counts is named here; text data is a pre-training entry (`columns: {prompt: text}`, stage pt)."""
+    from planner.data.formats import FormatSpec
+    from planner.data.formats import detect_format as detect
+
+    record = _first_record(path) if path.is_file() else None
+    spec = None
+    if record is not None:
+        try:
+            spec = detect(record, str(path))
+        except Exception:
+            spec = None
+    if fmt and (spec is None or spec.format != fmt):
+        spec = FormatSpec(fmt)
+    if spec is None:
+        spec = FormatSpec("alpaca")
+    keys = set(record) if isinstance(record, dict) else set()
+    entry: dict[str, Any] = {"file_name": str(path.resolve())}
+    if spec.format == "text":
+        entry["columns"] = {"prompt": spec.column("prompt")}
+        return entry, "text"
+    if spec.format == "alpaca":
+        cols = {k: spec.column(k) for k in ("prompt", "query", "response", "system", "history", "tools")
+                if spec.column(k) in keys}
+        if cols and cols != {"prompt": "instruction", "query": "input", "response": "output"}:
+            entry["columns"] = cols
+        return entry, "alpaca"
+    entry["formatting"] = "sharegpt"
+    cols = {"messages": spec.column("messages")}
+    cols.update({k: spec.column(k) for k in ("system", "tools") if spec.column(k) in keys})
+    entry["columns"] = cols
+    if spec.format == "messages":
+        entry["tags"] = dict(_MESSAGES_TAGS)
+    return entry, spec.format
 
 
 def dataset_keys(data_ref: dict[str, Any] | None, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
@@ -99,9 +134,8 @@ def dataset_keys(data_ref: dict[str, Any] | None, out_dir: Path) -> tuple[dict[s
             registries.append((Path(path).expanduser().resolve(), [e.strip() for e in entries.split(",") if e.strip()]))
             continue
         path = Path(f).expanduser()
-        fmt = data_ref.get("format") or (detect_format(path) if path.is_file() else "alpaca")
         name = f"vramplan_data_{i}" if len(files) > 1 else "vramplan_data"
-        info[name] = {"file_name": str(path.resolve()), **_FORMATS.get(fmt, {})}
+        info[name], _ = dataset_entry(path, data_ref.get("format"))
         names.append(name)
     if not info and len(registries) == 1:  # the user's own registry, as it is
         reg, entries = registries[0]
@@ -119,6 +153,19 @@ def dataset_keys(data_ref: dict[str, Any] | None, out_dir: Path) -> tuple[dict[s
             names.append(e)
     return ({"dataset": ",".join(names), "dataset_dir": str(out_dir.resolve())}, info,
             "registered in dataset_info.json beside this file")
+
+
+def _all_text(data_ref: dict[str, Any] | None) -> bool:
+    """Every local data file is text (LLaMA-Factory trains those with stage pt, not sft)."""
+    if not data_ref or data_ref.get("dataset"):
+        return False
+    if data_ref.get("format"):
+        return data_ref["format"] == "text"
+    files = data_ref.get("data") or []
+    files = [files] if isinstance(files, str) else list(files)
+    paths = [Path(f).expanduser() for f in files if f != "demo" and ":" not in f]
+    return bool(paths) and len(paths) == len(files) and all(p.is_file() and detect_format(p) == "text"
+                                                            for p in paths)
 
 
 def _line(key: str, value: Any, why: str = "") -> str:
@@ -151,7 +198,8 @@ def llamafactory_config(plan, *, model_ref: str, data_ref: dict[str, Any] | None
             [c.attn_implementation])
     if not c.gradient_checkpointing:
         add("model", "disable_gradient_checkpointing", True, why.get("gradient_checkpointing", ""))
-    add("method", "stage", "sft")
+    add("method", "stage", "pt" if _all_text(data_ref) else "sft",
+        "pre-training on text: every token is a label" if _all_text(data_ref) else "")
     add("method", "do_train", True)
     add("method", "finetuning_type", c.finetuning_type)
     if c.is_lora:
@@ -174,6 +222,8 @@ def llamafactory_config(plan, *, model_ref: str, data_ref: dict[str, Any] | None
     add("dataset", "cutoff_len", c.cutoff_len, why.get("cutoff_len", ""))
     if plan.packing:
         add("dataset", "packing", True, "concatenate samples: no padding")
+    elif _all_text(data_ref):  # LLaMA-Factory packs pre-training text by default (hparams/parser.py:520)
+        add("dataset", "packing", False, "one row per text, as the token statistics count them")
     add("dataset", "overwrite_cache", True)
     add("dataset", "preprocessing_num_workers", 16)
     add("output", "output_dir", f"saves/{spec.name}/{c.method}/sft")

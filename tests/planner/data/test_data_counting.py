@@ -129,7 +129,7 @@ def test_click_options_make_a_request(bpe_folder):
 def test_bad_percentile_and_template(bpe_folder):
     with pytest.raises(UserError, match="--percentile"):
         DataRequest(data=("demo",), percentile=1.5)
-    with pytest.raises(UserError, match="not a built-in template"):
+    with pytest.raises(UserError, match="not a template vramplan or LLaMA-Factory knows"):
         analyze(DataRequest(data=("demo",), template="nope"), spec_for(bpe_folder), progress=False)
 
 

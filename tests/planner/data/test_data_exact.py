@@ -69,10 +69,10 @@ def test_counts_equal_transformers(fmt, folder_fixture, request, tmp_path):
     spec = spec_for(folder)
     samples = list(iter_samples(resolve_sources([str(data)])))
     expected = _reference(folder, samples)
-    stats = analyze(DataRequest(data=(str(data),), use_cache=False), spec, progress=False)
+    stats = analyze(DataRequest(data=(str(data),), use_cache=False, trainer="trl"), spec, progress=False)
     assert stats.tokenizer_exact and stats.tokenizer_source == "model folder"
     assert list(stats.lengths) == sorted(len(ids) for ids in expected)
-    encoded = list(encode_records(DataRequest(data=(str(data),)), spec))
+    encoded = list(encode_records(DataRequest(data=(str(data),), trainer="trl"), spec))
     assert [e.input_ids for e in encoded] == expected
     trained = sum(1 for e in encoded for label in e.labels if label != -100)
     assert stats.response_tokens == trained
