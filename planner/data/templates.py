@@ -31,11 +31,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from planner.errors import UserError
 
-BUILTIN = ("chatml", "qwen", "llama3", "llama2", "mistral", "gemma", "phi", "glm4", "default", "alpaca", "empty")
+BUILTIN = ("chatml", "qwen", "qwen3", "llama3", "llama2", "mistral", "gemma", "phi", "glm4", "default", "alpaca", "empty")
 _ALIASES = {"alpaca": "default"}
 # Built-ins that render exactly as LLaMA-Factory's template of the same name (name -> source), checked against
 # LLaMA-Factory's own pipeline in tests/planner/data/test_llamafactory_pipeline.py when it is importable.
-LF_RENDERED = {"qwen": "llamafactory 0.9.5 data/template.py:1946, tool_utils.py:80-86, 588-608"}
+LF_RENDERED = {"qwen": "llamafactory 0.9.5 data/template.py:1946, tool_utils.py:80-86, 588-608",
+               "qwen3": "llamafactory 0.9.5 data/template.py:1963, 438-472, tool_utils.py:80-86, 588-608"}
 # model_type -> built-in template for models whose tokenizer ships none.
 _FAMILY_TEMPLATE = {
     "qwen2": "chatml", "qwen3": "chatml", "qwen2_moe": "chatml", "qwen3_moe": "chatml", "internlm2": "chatml",

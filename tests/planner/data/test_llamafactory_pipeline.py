@@ -84,11 +84,14 @@ def _job(spec, folder: Path, path: Path, out: Path, cutoff: int) -> dict:
     return {"config": config}
 
 
-def test_statistics_equal_llamafactorys_pipeline(bpe_folder, tmp_path):
+@pytest.mark.parametrize("model_type,template", [("qwen2", "qwen"), ("qwen3", "qwen3")])
+def test_statistics_equal_llamafactorys_pipeline(bpe_folder, tmp_path, model_type, template):
+    """qwen: ChatML with Qwen's default system prompt; qwen3: no default system, an empty thought trained in
+    every assistant turn."""
     why = _lf_available()
     if why:
         pytest.skip(why)
-    spec = spec_for(bpe_folder)
+    spec = spec_for(bpe_folder, model_type=model_type, head_dim=16)
     files = {fmt: write_jsonl(tmp_path / f"{fmt}.jsonl", rows) for fmt, rows in DATA.items()}
     jobs, keys = [], []
     for fmt, path in files.items():
@@ -104,7 +107,7 @@ def test_statistics_equal_llamafactorys_pipeline(bpe_folder, tmp_path):
     results = dict(zip(keys, json.loads((tmp_path / "lf.json").read_text()), strict=True))
     for fmt, path in files.items():
         stats = analyze(DataRequest(data=(str(path),), use_cache=False), spec, progress=False)
-        assert stats.template == "qwen", stats.template  # LLaMA-Factory's, as the export names it
+        assert stats.template == template, stats.template  # LLaMA-Factory's, as the export names it
         full, cut = results[(fmt, BIG)], results[(fmt, SMALL)]
         assert stats.samples == len(full), fmt
         assert list(stats.lengths) == sorted(x[0] for x in full), fmt
