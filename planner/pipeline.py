@@ -24,6 +24,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "dtype": ("dtype",),
     "amp": ("amp",),
     "trainer": ("trainer",),
+    "stack": ("stack",),
     "quant": ("quantization_bit",),
     "cutoff": ("cutoff_len",),
     "batch_size": ("per_device_train_batch_size",),

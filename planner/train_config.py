@@ -50,6 +50,7 @@ class TrainConfig:
     deepspeed_stage: int = 0  # 0 = no DeepSpeed
     offload: str = "none"  # none | optimizer | params (ZeRO offload to host RAM)
     trainer: str = "llamafactory"  # whose recipe trains it (planner.trainers, profiles/trainers.yaml)
+    stack: str = ""  # --stack pins ("transformers==4.57"); empty: the installed versions (planner.stack)
 
     @property
     def method(self) -> str:

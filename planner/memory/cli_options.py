@@ -22,6 +22,9 @@ _OPTIONS = [
                  help="Whose recipe trains the plan (what it upcasts, how it checkpoints, cuts and masks the "
                       "data): llamafactory (default), trl, axolotl, peft (transformers Trainer + "
                       "prepare_model_for_kbit_training). profiles/trainers.yaml cites each fact."),
+    click.option("--stack", metavar="PKG==VER,...",
+                 help="Plan for another machine's software (default: the versions installed here), e.g. "
+                      "transformers==4.57 (MoE experts quantized by bitsandbytes), trl==0.21."),
     click.option("--method", type=click.Choice(["lora", "qlora", "full", "freeze"]),
                  help="Fine-tuning method. qlora = LoRA on a 4-bit (or --quant 8) base."),
     click.option("--dtype", type=click.Choice(DTYPES), help="Dtype the weights are loaded and trained in."),
@@ -87,6 +90,10 @@ def train_config_from_options(opts: dict[str, Any], base: TrainConfig) -> TrainC
         from planner.trainers import recipe
 
         changes["trainer"] = recipe(str(opts["trainer"])).name
+    if opts.get("stack") is not None:
+        from planner.stack import format_stack, parse_stack
+
+        changes["stack"] = format_stack(parse_stack(str(opts["stack"])))
     method, quant = opts.get("method"), opts.get("quant")
     if method is not None:
         changes["finetuning_type"] = "lora" if method == "qlora" else method

@@ -16,6 +16,7 @@ from planner.memory.overheads import allocator_setting, default_overheads
 from planner.memory.step import ActivationModel, activation_model
 from planner.memory.zero import ModelStates, model_states
 from planner.model_spec import ModelSpec
+from planner.params import linear_layers
 from planner.train_config import TrainConfig
 from planner.trainers import DEFAULT_TRAINER
 
@@ -75,7 +76,7 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
     key = (model, setup, t.finetuning_type, t.quantization_bit, t.double_quantization, t.dtype, t.amp,
            t.lora_rank, t.lora_target, t.lora_dropout, t.use_dora, t.freeze_trainable_layers,
            t.attn_implementation, t.optim, t.gradient_checkpointing, t.use_liger_kernel, t.deepspeed_stage,
-           t.offload, t.gradient_accumulation_steps > 1, t.trainer)
+           t.offload, t.gradient_accumulation_steps > 1, t.trainer, t.stack)
     hit = _STATIC.get(key)
     if hit is not None:
         return hit
@@ -99,6 +100,12 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
             note += (f". The upcast costs {extra / (1 << 30):.2f} GiB of weights here, plus fp32 activations; "
                      f"LLaMA-Factory, Axolotl and TRL >= 0.23 keep them 16-bit (--trainer llamafactory)")
         notes.append(note)
+    from planner.stack import stack_notes
+
+    expert_16bit = sum(x.in_features * x.out_features * x.per_layer * x.layers
+                       for x in linear_layers(model) if x.expert) * 2
+    notes[:0] = stack_notes(train.stack, is_moe=model.is_moe, quantized=bool(train.quantization_bit),
+                            trainer=train.trainer, expert_bytes_16bit=expert_16bit)
     if model.is_moe:
         notes.append("MoE: expert activations approximated as one gated MLP of top-k x expert size (not "
                      "checked against the oracles)")

@@ -77,18 +77,24 @@ def nf4_bytes(numel: int, double_quant: bool) -> tuple[int, int]:
 
 def weight_bytes(spec: ModelSpec, train: TrainConfig) -> WeightBytes:
     """Weights of the whole model (not partitioned) as `train` loads them."""
-    return _weight_bytes(spec, train.quantization_bit or 0, train.double_quantization, weight_dtype_bytes(train))
+    from planner.stack import experts_quantized
+
+    return _weight_bytes(spec, train.quantization_bit or 0, train.double_quantization, weight_dtype_bytes(train),
+                         bool(train.quantization_bit) and spec.is_moe and experts_quantized(train.stack))
 
 
 @lru_cache(maxsize=1024)
-def _weight_bytes(spec: ModelSpec, bits: int, double_quant: bool, fbytes: int) -> WeightBytes:
+def _weight_bytes(spec: ModelSpec, bits: int, double_quant: bool, fbytes: int,
+                  experts_quantized: bool = False) -> WeightBytes:
     counts = count_params(spec)
     if not bits:
         return WeightBytes(0, 0, counts.total * fbytes, fbytes)
     quantized = constants = 0
     quantized_numel = 0
     for lin in linear_layers(spec):
-        if not lin.module_linear:  # routed experts are 3-D parameters; bitsandbytes leaves them alone
+        # transformers 5's routed experts are 3-D parameters that bitsandbytes leaves alone; transformers 4
+        # keeps one nn.Linear per expert, which it quantizes (planner.stack)
+        if not lin.module_linear and not (experts_quantized and lin.expert):
             continue
         tensors = lin.per_layer * lin.layers
         per_tensor = lin.in_features * lin.out_features

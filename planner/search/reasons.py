@@ -143,6 +143,11 @@ def explain(w: Candidate, seen: list[Candidate], ev: Evaluator, space: Space, da
     else:
         why = (f"default: the exported llamafactory.yaml is trained by it ({r.checked} recipe); "
                f"--trainer {' | '.join(n for n in ('trl', 'axolotl', 'peft') if n != DEFAULT_TRAINER)} for another")
+    from planner.stack import stack_versions
+
+    v = stack_versions(c.trainer and c.stack)
+    why += (f"; stack{' (--stack)' if c.stack else ''}: transformers {v.get('transformers')}, peft {v.get('peft')}, "
+            f"bitsandbytes {v.get('bitsandbytes')}")
     out.append(("trainer", r.tool, why))
 
     # method

@@ -29,7 +29,8 @@ def _lf_available() -> str | None:
     if importlib.util.find_spec("llamafactory") is not None:
         return None
     return ("LLaMA-Factory is not importable: `pip install --no-deps --target DIR llamafactory==0.9.5 datasets "
-            "pyarrow dill multiprocess xxhash omegaconf antlr4-python3-runtime==4.9.3` and set VRAMPLAN_LF_SITE=DIR")
+            "dill multiprocess xxhash pandas omegaconf antlr4-python3-runtime==4.9.3` and set VRAMPLAN_LF_SITE=DIR "
+            "(.ci/run does)")
 
 
 TOOLS = [{"name": "get_weather", "description": "Weather of a city",
