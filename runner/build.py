@@ -219,7 +219,7 @@ def apply_method(model: torch.nn.Module, spec: ModelSpec, train: TrainConfig) ->
             model, use_gradient_checkpointing=train.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
     elif train.gradient_checkpointing:
-        enable_checkpointing(model)
+        enable_checkpointing(model, reentrant=r.checkpoint_reentrant)
     if train.finetuning_type == "full":
         model.requires_grad_(True)
     elif train.finetuning_type == "freeze":
@@ -236,13 +236,14 @@ def apply_method(model: torch.nn.Module, spec: ModelSpec, train: TrainConfig) ->
     return model
 
 
-def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Non-reentrant activation checkpointing on every decoder layer, as HF Trainer turns it on.
+def enable_checkpointing(model: torch.nn.Module, reentrant: bool = False) -> None:
+    """Activation checkpointing on every decoder layer, as HF Trainer turns it on; reentrant as LLaMA-Factory
+    runs it by default (use_reentrant_gc=True; same tensors kept on the CPU oracle, tests/runner/test_gates.py).
 
     transformers >= 5 also calls enable_input_require_grads() here (for input_ids models), which
     is what LoRA/freeze need so that gradients flow through checkpointed frozen layers.
     """
-    kwargs = {"use_reentrant": False}
+    kwargs = {"use_reentrant": reentrant}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:

@@ -106,13 +106,22 @@ class RichProgress(TrainerCallback):
             self.progress = None
 
 
-def _checkpointing_args(enabled: bool) -> dict[str, Any]:
-    """Non-reentrant activation checkpointing, under the argument names this transformers has."""
+def _checkpointing_args(enabled: bool, reentrant: bool = False) -> dict[str, Any]:
+    """Activation checkpointing as the trainer's recipe runs it (LLaMA-Factory: reentrant), under the argument
+    names this transformers has."""
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    kwargs = {"use_reentrant": False}
+    kwargs = {"use_reentrant": reentrant}
     if "activation_checkpointing" in names:  # transformers >= 5.x renamed gradient_checkpointing
         return {"activation_checkpointing": enabled, "activation_checkpointing_kwargs": kwargs if enabled else None}
     return {"gradient_checkpointing": enabled, "gradient_checkpointing_kwargs": kwargs if enabled else None}
+
+
+def _recipe_reentrant(train: TrainConfig) -> bool:
+    from planner.trainers import recipe
+
+    r = recipe(train.trainer)
+    # peft's prepare_model_for_kbit_training path is called with use_reentrant=False (runner.build.apply_method)
+    return r.checkpoint_reentrant and not (train.quantization_bit and r.kbit_upcast_fp32)
 
 
 def training_arguments(*, train: TrainConfig, training: dict[str, Any], out_dir: Path, device: str,
@@ -135,7 +144,7 @@ def training_arguments(*, train: TrainConfig, training: dict[str, Any], out_dir:
         # Under DeepSpeed the flags choose its mixed precision (16-bit weights, fp32 master copy) instead.
         bf16=train.amp == "bf16" or (deepspeed_config is not None and train.dtype == "bf16"),
         fp16=train.amp == "fp16" or (deepspeed_config is not None and train.dtype == "fp16"),
-        **_checkpointing_args(train.gradient_checkpointing),
+        **_checkpointing_args(train.gradient_checkpointing, _recipe_reentrant(train)),
         logging_strategy="steps",
         logging_steps=int(training.get("logging_steps") or 1),
         save_strategy="steps",

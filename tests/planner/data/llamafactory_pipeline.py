@@ -2,7 +2,10 @@
 start in a subprocess, so LLaMA-Factory's imports never enter the test process.
 
     python llamafactory_pipeline.py jobs.json results.json
+    python llamafactory_pipeline.py out/llamafactory.yaml results.json TOKENIZER_DIR [CUTOFF_LEN]
 jobs.json: [{"config": {...llamafactory.yaml keys...}}, ...]; results.json: per job, [[length, trained], ...].
+The second form runs one exported llamafactory.yaml as written, with the model path pointed at a folder holding
+the tokenizer (and optionally another cutoff_len), e.g. to compare `plan --out out --data ...` with it.
 LLaMA-Factory is imported from the environment, else from $VRAMPLAN_LF_SITE (appended to sys.path, so the
 environment's torch/transformers stay first). Its multimodal module imports torchaudio, which its text
 pipeline never uses: a placeholder module stands in when it is missing.
@@ -48,7 +51,20 @@ def main(jobs_path: str, out_path: str) -> None:
     _import_path()
     import contextlib
 
-    jobs = json.loads(open(jobs_path, encoding="utf-8").read())
+    if jobs_path.endswith((".yaml", ".yml")):
+        import yaml
+
+        config = yaml.safe_load(open(jobs_path, encoding="utf-8"))
+        config["model_name_or_path"] = sys.argv[3]
+        if len(sys.argv) > 4:
+            config["cutoff_len"] = int(sys.argv[4])
+        for key in ("quantization_bit", "quantization_method", "double_quantization", "deepspeed", "bf16", "fp16",
+                    "pure_bf16", "enable_liger_kernel", "flash_attn", "optim"):  # training-only: no GPU needed here
+            config.pop(key, None)
+        config.update(report_to="none", preprocessing_num_workers=None)
+        jobs = [{"config": config}]
+    else:
+        jobs = json.loads(open(jobs_path, encoding="utf-8").read())
     results = []
     for job in jobs:
         with contextlib.redirect_stdout(sys.stderr):  # it prints an example of each dataset
