@@ -10,10 +10,8 @@
   checkpoint, and runner.train's method step follows (peft prepare_model_for_kbit_training with its
   fp32 upcast of the non-quantized weights, checkpointing, LoRA). The transient 16-bit copy is freed
   before measuring (the harness empties the cache and resets the peaks after loading).
-- recipe="llamafactory": LLaMA-Factory's k-bit recipe instead, which never calls
-  prepare_model_for_kbit_training (model/model_utils/checkpointing.py prepare_model_for_training:
-  norms upcast only with upcast_layernorm, lm_head output only with upcast_lmhead_output, both off by
-  default): checkpointing + input grads, then LoRA; non-quantized weights stay in the compute dtype.
+- The k-bit preparation and checkpointing follow train.trainer's recipe (runner.build.apply_method):
+  "peft" upcasts with prepare_model_for_kbit_training, "llamafactory" does not.
 
     >>> model, notes = build_for_measure(spec, train, device="cuda")
 """
@@ -25,15 +23,10 @@ from typing import Any
 from planner.model_spec import ModelSpec
 from planner.train_config import TrainConfig
 
-RECIPES = ("peft", "llamafactory")
 
-
-def build_for_measure(spec: ModelSpec, train: TrainConfig, *, device: str, recipe: str = "peft"
-                      ) -> tuple[Any, list[str]]:
+def build_for_measure(spec: ModelSpec, train: TrainConfig, *, device: str) -> tuple[Any, list[str]]:
     """(model ready to train, notes). Liger Kernel is applied when train.use_liger_kernel (CUDA only);
-    recipe picks the k-bit preparation (see the module docstring)."""
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe {recipe!r}: one of {RECIPES}")
+    train.trainer's recipe picks the k-bit preparation (see the module docstring)."""
     from runner.build import NeedsCuda, build_model
 
     notes: list[str] = []
@@ -44,9 +37,8 @@ def build_for_measure(spec: ModelSpec, train: TrainConfig, *, device: str, recip
     except NeedsCuda:
         if not train.quantization_bit:
             raise
-        model = build_quantized(spec, train, device=device, recipe=recipe)
-        then = ("prepare_model_for_kbit_training" if recipe == "peft"
-                else "LLaMA-Factory's recipe (no fp32 upcast)")
+        model = build_quantized(spec, train, device=device)
+        then = f"the {train.trainer} recipe's method step (runner.build.apply_method)"
         notes.append(f"{train.quantization_bit}-bit weights quantized from a random {train.dtype} build "
                      f"(bitsandbytes, lm_head and embeddings unquantized), then {then}")
     return model, notes
@@ -86,7 +78,7 @@ def quantize_linears(model, *, bits: int, compute_dtype, double_quant: bool, dev
     return swapped
 
 
-def build_quantized(spec: ModelSpec, train: TrainConfig, *, device: str, recipe: str = "peft"):
+def build_quantized(spec: ModelSpec, train: TrainConfig, *, device: str):
     """A random-init k-bit model with the method applied as runner.train applies it (QLoRA)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -108,39 +100,9 @@ def build_quantized(spec: ModelSpec, train: TrainConfig, *, device: str, recipe:
         torch.cuda.empty_cache()
     setattr(model, "is_loaded_in_4bit" if train.quantization_bit == 4 else "is_loaded_in_8bit", True)
     model.train()
-    if recipe == "llamafactory":
-        return _llamafactory_kbit_method(model, train)
-    try:
-        from runner.train import _apply_method  # the method step of `plan --apply`
-    except ImportError:
-        _apply_method = _kbit_method
-    return _apply_method(model, spec, train)
+    from runner.build import apply_method  # the method step of `plan --apply` and the oracles
 
-
-def _llamafactory_kbit_method(model, train: TrainConfig):
-    """LLaMA-Factory's k-bit LoRA: no prepare_model_for_kbit_training, so embeddings, norms and lm_head stay
-    in the compute dtype; checkpointing turns on input grads (transformers >= 5); adapters in fp32 (peft's
-    autocast_adapter_dtype, and LLaMA-Factory's cast_trainable_params_to_fp32)."""
-    from runner.build import _apply_lora, enable_checkpointing
-
-    if train.gradient_checkpointing:
-        enable_checkpointing(model)
-    else:
-        model.enable_input_require_grads()
-    return _apply_lora(model, train)
-
-
-def _kbit_method(model, spec: ModelSpec, train: TrainConfig):
-    """What runner.train does for k-bit LoRA, for when it cannot be imported here."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    from runner.build import lora_target_modules
-
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train.gradient_checkpointing,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = LoraConfig(r=train.lora_rank, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout,
-                        target_modules=lora_target_modules(train), use_dora=train.use_dora, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return apply_method(model, spec, train)
 
 
 def apply_liger(spec: ModelSpec, train: TrainConfig, device: str, notes: list[str]) -> bool:

@@ -63,8 +63,9 @@ class Case:
     steps: int = 3  # optimizer steps; the peak is reached at step 2 (optimizer states exist)
     budget_bytes: int | None = None  # cap the allocator so that allocator + context fit this budget
     group: str = "calibration"
-    # k-bit recipe: "peft" = prepare_model_for_kbit_training (fp32 upcast of every non-quantized weight),
-    # "llamafactory" = LLaMA-Factory's prepare_model_for_training (no upcast by default)
+    # the trainer recipe (planner.trainers): "peft" = prepare_model_for_kbit_training for k-bit (fp32 upcast of
+    # every non-quantized weight) and non-reentrant checkpointing, as every case before recipes existed
+    # was measured; "llamafactory" = LLaMA-Factory's (no upcast)
     recipe: str = "peft"
     env: dict[str, str] = field(default_factory=dict)  # environment of the measuring process (allocator)
     layers: int | None = None  # shortened model (resolve_model)
@@ -74,6 +75,7 @@ class Case:
 
     def train_config(self) -> TrainConfig:
         train = dict(self.train)
+        train.setdefault("trainer", self.recipe)  # the recipe's name is the trainer whose recipe it is
         if isinstance(train.get("lora_target"), str):
             train["lora_target"] = tuple(train["lora_target"].split(","))
         return TrainConfig(**train)

@@ -214,7 +214,7 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
         else:
             res["gpu"] = {"name": "cpu", "vendor": "cpu"}
         t0 = time.perf_counter()
-        model, notes = build_for_measure(spec, train, device="cuda" if cuda else "cpu", recipe=case.recipe)
+        model, notes = build_for_measure(spec, train, device="cuda" if cuda else "cpu")
         res["notes"] += notes
         optimizer, note = make_optimizer(model, train)
         res["notes"] += [note] if note else []
