@@ -112,6 +112,7 @@ class Scheduler:
         # lane -> (bytes, until): a chain's space stays set aside for a moment after each of its jobs,
         # so the next probe is not crowded out by cases backfilled in between
         self._held: dict[str, tuple[int, float]] = {}
+        self._neighbours: dict[str, set[str]] = {}
         self.hold_s = 3.0
 
     # -- submitting -------------------------------------------------------------------------------------
@@ -185,23 +186,24 @@ class Scheduler:
                  "reserved_after_bytes": self.reserved(), "running": sorted(self._running),
                  "limit_bytes": self.limit_bytes, "alone": job.alone}
         self.schedule.append(entry)
-        overlap = set(self._running) - {job.name}
+        # neighbours, exactly: what runs now, and (added by the later starts) whatever starts before it ends
+        self._neighbours[job.name] = set(self._running) - {job.name}
+        for other in self._running:
+            if other != job.name:
+                self._neighbours.setdefault(other, set()).add(job.name)
         say(f"[{now:6.1f}s] start {job.name} (reserve {job.reserve_bytes / GIB:.1f} GiB, "
             f"{entry['reserved_after_bytes'] / GIB:.1f}/{self.limit_bytes / GIB:.1f} GiB, "
             f"{len(self._running)} running)", self.log)
 
         def body() -> None:
             started = self.elapsed()
-            neighbours = set(overlap)
             try:
                 result = job.run(max(self.left(), 1.0))
             except Exception as e:
                 result = {"config": {"name": job.name}, "status": "error", "error": f"{type(e).__name__}: {e}"}
             with self._cond:
                 ended = self.elapsed()
-                for e in self.schedule:  # everything that started while this job ran was its neighbour
-                    if started <= e["start_s"] <= ended and e["name"] != job.name:
-                        neighbours.add(e["name"])
+                neighbours = self._neighbours.pop(job.name, set())
                 result = dict(result)
                 result["session"] = {"start_s": round(started, 2), "end_s": round(ended, 2),
                                      "reserve_bytes": job.reserve_bytes, "alone": job.alone,
