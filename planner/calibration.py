@@ -33,7 +33,6 @@ FORMAT = 1
 # Extra safety margin (fraction of the prediction) when the calibration is not from this card.
 MARGIN_STACK_DIFFERS = 0.01  # same card, another torch minor version or allocator setting
 MARGIN_SAME_ARCH = 0.03  # another card of the same architecture (compute capability)
-MARGIN_OTHER_ARCH = 0.05  # another architecture
 MARGIN_NONE = 0.05  # no calibration at all: the memory model's default overheads apply
 
 # Software whose version changes device overheads, with how much a difference weighs.
@@ -281,8 +280,9 @@ def select_calibration(gpu: GpuSpec, stack: dict[str, Any] | None = None,
 
     Same card: the one with the nearest stack (this machine's own calibrations win ties), margin 0,
     or +1% when torch's minor version or the allocator setting differs. Another card of the same
-    vendor: the same architecture (compute capability) first, then the nearest memory size, +3%
-    (same architecture) or +5%. None when no calibration exists for the vendor (or on the CPU).
+    architecture (compute capability): the nearest memory size, +3%. Another architecture gets none:
+    its CUDA context, kernels and workspaces differ, and one card's fitted slack lent to it made every
+    RTX 4090 plan carry the H200's 20% evidence margin; the memory model's sourced defaults apply.
     """
     if gpu.is_cpu:
         return None, "CPU: no device overheads (host RAM holds the tensors only).", 0.0
@@ -314,10 +314,12 @@ def select_calibration(gpu: GpuSpec, stack: dict[str, Any] | None = None,
         return (0 if same_arch else 1, mem_gap, stack_distance(c.stack, stack))
 
     best = min(vendor, key=rank)
-    same_arch = rank(best)[0] == 0
-    margin = MARGIN_SAME_ARCH if same_arch else MARGIN_OTHER_ARCH
-    why = "same architecture" if same_arch else "nearest card"
-    return best, (f"no calibration for {gpu.name}; using {best.describe()} ({why}, +{margin:.0%} margin)"), margin
+    if rank(best)[0] != 0:
+        return None, (f"no calibration for {gpu.name}'s architecture: device overheads use the memory model's "
+                      f"defaults (+{MARGIN_NONE:.0%} margin)."), MARGIN_NONE
+    margin = MARGIN_SAME_ARCH
+    return best, (f"no calibration for {gpu.name}; using {best.describe()} (same architecture, "
+                  f"+{margin:.0%} margin)"), margin
 
 
 def calibrate_from_log(log_path: Path | str, *, base: CalibrationFile | None = None) -> CalibrationFile:

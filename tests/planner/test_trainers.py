@@ -42,8 +42,10 @@ def test_default_is_llamafactory_and_only_peft_upcasts():
 def test_qwen25_32b_qlora_1024_fits_24gb_under_llamafactory_and_is_explained_under_peft():
     spec = find_model("Qwen2.5-32B").spec
     setup = resolve_setup("RTX4090")
+    # with Liger Kernel, as the planner picks it for this model: under the device overheads from published
+    # pairs (allocator slack grows with the materialized logits) the plain-loss run is 0.14 GiB over the card
     base = TrainConfig(quantization_bit=4, cutoff_len=1024, per_device_train_batch_size=1,
-                       gradient_accumulation_steps=16, lora_rank=16, lora_alpha=32)
+                       gradient_accumulation_steps=16, lora_rank=16, lora_alpha=32, use_liger_kernel=True)
     lf = estimate_memory(spec, base, setup)
     up = estimate_memory(spec, base.with_(trainer="peft"), setup)
     assert lf.fits and not up.fits
