@@ -15,7 +15,7 @@ from planner.gpu_spec import GpuSetup
 from planner.gpus import resolve_setup
 from planner.model_spec import ModelSpec
 from planner.params import ParamCounts, active_params, count_params
-from planner.resolve import resolve_model
+from planner.resolve import resolve_model_noted
 from planner.train_config import TrainConfig
 
 # --flag (click parameter name) -> the TrainConfig fields it pins.
@@ -72,6 +72,7 @@ class Report:
     plan: Any = None  # planner.search.Plan when the search ran
     breakdown: Any = None  # planner.memory.MemoryBreakdown of --fixed
     train: TrainConfig | None = None
+    model_note: str | None = None  # a catalog entry stood in for the name given: said under the model table
 
     def to_json(self) -> dict[str, Any]:
         m, s = self.model, self.setup
@@ -148,9 +149,12 @@ def _data_stage(spec: ModelSpec, options: dict[str, Any], report: Report):
 
 def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
              options: dict[str, Any]) -> Report:
-    spec = resolve_model(model)
+    spec, model_note = resolve_model_noted(model)
     setup = resolve_setup(gpu, gpus=gpus, nodes=nodes, host_mem=options.get("host_mem"))
     report = Report(model=spec, params=count_params(spec), params_active=active_params(spec), setup=setup)
+    if model_note:
+        report.model_note = model_note
+        report.notes.append(model_note)
     if setup.note:
         report.notes.append(setup.note)
 

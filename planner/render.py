@@ -51,7 +51,8 @@ def emit(report, fmt: str) -> None:
         if render is not None:
             render(console)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        if note != report.model_note:  # shown under the model table already
+            console.print(f"[yellow]note:[/] {note}")
     for warning in getattr(report, "warnings", ()):
         console.print(f"[bold yellow]warning:[/] {warning}")
 
@@ -79,6 +80,8 @@ def _model_table(report, console) -> None:
     card += f", {gib(s.gpu.memory_bytes)} each" + (" (detected)" if s.detected else "")
     t.add_row("hardware", card)
     console.print(t)
+    if report.model_note:
+        console.print(f"[yellow]note:[/] {report.model_note}")
 
 
 def emit_models(fmt: str) -> None:

@@ -4,16 +4,17 @@ Order: an existing path; then, for ids that look like `org/name`, the huggingfac
 online) a download of config.json alone; then the catalog. Remote code is never run: only config.json
 is read, as data.
 
-    >>> resolve_model("qwen2.5-7b-instruct").name
-    'Qwen2.5-7B'
+    >>> resolve_model("qwen2.5-7b-instruct").hub_id     # the checkpoint asked for, the catalog's shape
+    'Qwen/Qwen2.5-7B-Instruct'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-from planner.catalog import closest_models, find_model
+from planner.catalog import ModelEntry, closest_models, find_model
 from planner.errors import UserError
 from planner.hub import hub_reachable, offline_requested
 from planner.model_spec import ModelSpec
@@ -74,22 +75,72 @@ def _from_hub(repo_id: str) -> tuple[ModelSpec | None, str | None]:
 
 def resolve_model(name: str) -> ModelSpec:
     """A folder, a hub id or a catalog name -> ModelSpec; UserError naming the closest catalog entries."""
+    return resolve_model_noted(name)[0]
+
+
+def resolve_model_noted(name: str) -> tuple[ModelSpec, str | None]:
+    """resolve_model, plus a line to show the user when a catalog entry stands in for what they named."""
     if not name or not name.strip():
         raise UserError("--model is empty.", "Give a catalog name (e.g. Qwen2.5-7B), a hub id or a folder.")
     path = Path(name).expanduser()
     if path.exists():
         if path.is_file() and path.name == "config.json":
             path = path.parent
-        return spec_from_folder(path)
+        return spec_from_folder(path), None
     why = None
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         spec, why = _from_hub(name)
         if spec is not None:
-            return spec
+            return spec, None
     entry = find_model(name)
     if entry is not None:
-        return entry.spec
+        return _catalog_spec(name.strip(), entry)
     hint = ", ".join(closest_models(name)) or "see `plan models`"
     where = f" ({why})" if why else ""
     raise UserError(f"--model {name}: not a folder, not a known hub model{where}, not in the catalog.",
                     f"Closest catalog names: {hint}.")
+
+
+def _hub_form(key: str, entry: ModelEntry) -> str | None:
+    """The hub id the catalog lists for an org-less name: 'Llama-2-7b-chat' -> 'meta-llama/Llama-2-7b-chat-hf'."""
+    if "/" in key:
+        return key
+    want = key.lower()
+    for hub in (entry.hub_id, *entry.aliases):
+        if "/" not in hub:
+            continue
+        base = hub.rsplit("/", 1)[1].lower()
+        if base in (want, f"{want}-hf", f"meta-{want}"):
+            return hub
+    return None
+
+
+def _catalog_spec(name: str, entry: ModelEntry) -> tuple[ModelSpec, str | None]:
+    """The catalog's architecture under the name the user gave.
+
+    A catalog entry holds one architecture for a checkpoint and its variants (-Instruct, -Chat, -it):
+    same shape, different weights. The exports must load the checkpoint the user named, so the spec
+    keeps that name and its hub id; anything short of an exact catalog name is said, never silent.
+    """
+    exact = next((k for k in (entry.name, entry.hub_id, *entry.aliases) if k.lower() == name.lower()), None)
+    if exact is not None:
+        hub_id = _hub_form(exact, entry)
+        if hub_id is not None:
+            display = hub_id.rsplit("/", 1)[1]
+            spec = dataclasses.replace(entry.spec, name=display, hub_id=hub_id)
+            if hub_id == entry.hub_id:
+                return spec, None
+            return spec, (f"--model {name}: {hub_id}, planned with the catalog architecture of {entry.name} "
+                          "(the same shape; the exports name the checkpoint you gave)")
+        # a nickname of the entry itself (Mistral-7B, Phi-3-mini)
+        return entry.spec, (f"--model {name}: the catalog's {entry.name} ({entry.hub_id}); the exports "
+                            "name that checkpoint")
+    # Matched only after dropping variant suffixes or punctuation: a guess, so say which entry it used.
+    if "/" in name:
+        spec = dataclasses.replace(entry.spec, name=name.rsplit("/", 1)[1], hub_id=name)
+        return spec, (f"--model {name}: not in the catalog and not reachable on the hub; planned with the "
+                      f"architecture of the closest catalog entry, {entry.name} ({entry.hub_id}), assuming "
+                      "the same shape. The exports name the checkpoint you gave")
+    return entry.spec, (f"--model {name}: not a catalog name; planned as the closest entry, {entry.name} "
+                        f"({entry.hub_id}), and the exports name that checkpoint. Give the exact hub id "
+                        "(org/name) to export another one")

@@ -48,9 +48,45 @@ def test_json_is_one_object_with_exact_params():
 
 @pytest.mark.parametrize("name", ["Qwen2.5-7B", "qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", "QWEN2.5-7B"])
 def test_model_names_resolve_to_the_same_architecture(name):
+    from planner.catalog import find_model
     from planner.resolve import resolve_model
 
-    assert resolve_model(name).name == "Qwen2.5-7B"
+    spec, base = resolve_model(name), find_model("Qwen2.5-7B").spec
+    assert (spec.model_type, spec.hidden_size, spec.num_layers, spec.vocab_size) == \
+        (base.model_type, base.hidden_size, base.num_layers, base.vocab_size)
+
+
+@pytest.mark.parametrize(("name", "hub_id", "noted"), [
+    ("Qwen2.5-7B", "Qwen/Qwen2.5-7B", False),
+    ("QWEN2.5-7B", "Qwen/Qwen2.5-7B", False),
+    ("Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", True),
+    ("qwen/qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", True),
+    ("Llama-2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", True),
+    ("qwen2.5_7b-chat", "Qwen/Qwen2.5-7B", True),  # fuzzy: the entry's own checkpoint, said so
+    ("Qwen/Qwen2.5-7B-Chat", "Qwen/Qwen2.5-7B-Chat", True),  # fuzzy with an org: the name given
+])
+def test_model_name_given_is_the_checkpoint_planned(name, hub_id, noted):
+    from planner.resolve import resolve_model_noted
+
+    spec, note = resolve_model_noted(name)
+    assert spec.hub_id == hub_id and spec.name == hub_id.rsplit("/", 1)[1]
+    assert bool(note) == noted
+    if noted:
+        assert name in note and "Qwen2.5-7B" in note or "Llama-2-7b-hf" in note
+
+
+def test_instruct_model_reaches_every_export_and_the_header(tmp_path):
+    out = tmp_path / "o"
+    code, stdout, err = run("--model", "Qwen2.5-7B-Instruct", "--gpu", "RTX4090", "--offline", "--out", str(out))
+    assert code == 0, err
+    assert "Qwen2.5-7B-Instruct  (qwen2" in stdout and "catalog architecture of Qwen2.5-7B" in stdout
+    import yaml
+
+    assert yaml.safe_load((out / "llamafactory.yaml").read_text())["model_name_or_path"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert yaml.safe_load((out / "axolotl.yaml").read_text())["base_model"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert yaml.safe_load((out / "plan.yaml").read_text())["model"]["hub_id"] == "Qwen/Qwen2.5-7B-Instruct"
+    for path in out.iterdir():
+        assert "Qwen/Qwen2.5-7B\n" not in path.read_text() and "Qwen2.5-7B/" not in path.read_text()
 
 
 def test_unknown_model_is_one_clear_error():
