@@ -55,7 +55,7 @@ def _write(tmp_path, text, name="train.yaml"):
 def test_small_config_fits(tmp_path, estimator):
     path = _write(tmp_path, LF_YAML.format(cutoff=1024, batch=1))
     result = check_config(path, setup("H100"), estimator=estimator)
-    assert result.flavor == "llamafactory" and result.model.name == "Qwen2.5-7B"
+    assert result.flavor == "llamafactory" and result.model.name == "Qwen2.5-7B-Instruct"
     assert result.fits and result.exit_code == 0
     c = result.config
     assert (c.finetuning_type, c.lora_rank, c.lora_alpha, c.cutoff_len, c.gradient_accumulation_steps) == \
