@@ -99,8 +99,11 @@ def apply_kwargs(params: dict[str, Any], plan: PlanFile, *, console=None) -> dic
 
 def run_apply(params: dict[str, Any], *, plan: PlanFile | None = None, console=None) -> int:
     """Apply the plan; returns the exit status (0 trained, 1 out of memory). Imports torch only here."""
+    from planner.out_dir import check_out_dir
+
     plan = resolve_plan(params, plan)
     kwargs = apply_kwargs(params, plan, console=console)
+    check_out_dir(params.get("out"), default=kwargs["out_dir"])
     try:
         from runner.apply import apply_plan
     except ImportError as exc:

@@ -96,13 +96,34 @@ def cli(ctx, model, gpu, gpus, nodes, offline, fmt, debug, **options):
     from planner.pipeline import run_plan
     from planner.render import emit
 
+    # A folder that cannot be written is found before the work; the plan is still shown, then exit 2.
+    out_problem = _out_problem(options)
     report = run_plan(model=model, gpu=gpu, gpus=gpus, nodes=nodes, options=options)
-    if options.get("out") and report.plan is not None and not apply_requested(options):
-        _export(report, options)
+    if out_problem is None and options.get("out") and report.plan is not None and not apply_requested(options):
+        try:
+            _export(report, options)
+        except UserError as exc:
+            out_problem = exc
     emit(report, fmt)
+    if out_problem is not None:
+        raise out_problem
     if apply_requested(options) and report.exit_code == 0:
         _apply(report, options)
     sys.exit(report.exit_code)
+
+
+def _out_problem(options) -> UserError | None:
+    """The --out folder's problem (or, with --apply, the default run folder's), or None."""
+    from planner.out_dir import check_out_dir
+
+    out = options.get("out")
+    if not out and not apply_requested(options):
+        return None
+    try:
+        check_out_dir(out, default="vramplan-out")
+    except UserError as exc:
+        return exc
+    return None
 
 
 def _check(path, *, gpu, gpus, nodes, options, fmt):

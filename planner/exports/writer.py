@@ -100,12 +100,16 @@ def write_exports(plan, out_dir: str | Path, *, model_ref: str | None = None, da
     if clash and not force:
         raise UserError(f"--out {out}: {', '.join(clash)} already exist{'s' if len(clash) == 1 else ''}.",
                         "Pass --force to overwrite them, or choose another --out folder.")
-    out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in files.items():
-        path = out / name
-        path.write_text(text, encoding="utf-8")
-        if name.endswith(".sh"):
-            path.chmod(0o755)
-        written.append(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            path = out / name
+            path.write_text(text, encoding="utf-8")
+            if name.endswith(".sh"):
+                path.chmod(0o755)
+            written.append(path)
+    except OSError as exc:  # a full disk or a folder that changed since the check before the plan
+        raise UserError(f"--out {out}: cannot write {exc.filename or out} ({exc.strerror or exc}).",
+                        "Choose a folder you can write to with --out DIR.") from None
     return written
