@@ -54,6 +54,35 @@ def parse_synthetic(text: str, *, flag: str = "--synthetic-data") -> tuple[int, 
     return int(m.group(1)), int(m.group(2))
 
 
+def _pinned(value: str, base: Path) -> str:
+    """One path-like data value made absolute against `base` when it names something that exists there."""
+    if value == "demo" or not value:
+        return value
+    head, sep, names = value.rpartition(":")
+    if sep and Path(head).name == "dataset_info.json":  # path/dataset_info.json:NAME
+        return f"{_pinned(head, base)}:{names}"
+    path = Path(value).expanduser()
+    full = path if path.is_absolute() else base / path
+    if any(ch in value for ch in "*?["):  # a glob: anchor it, keep the pattern
+        return str(full) if not path.is_absolute() else value
+    return str(full.resolve()) if full.exists() else value
+
+
+def pin_data_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """plan.data with every file, folder and glob made absolute against `base`, so the plan reads the
+    same data from any working directory. Names that are not paths (demo, built-in templates) stay."""
+    out = dict(data)
+    for key in ("data", "tokenizer", "dataset_dir", "template"):
+        value = out.get(key)
+        if isinstance(value, str):
+            out[key] = _pinned(value, base)
+        elif isinstance(value, (list, tuple)):
+            out[key] = [_pinned(v, base) if isinstance(v, str) else v for v in value]
+    if out.get("dataset") and not out.get("dataset_dir") and (base / "data").is_dir():
+        out["dataset_dir"] = str((base / "data").resolve())  # the loaders' default folder, pinned
+    return out
+
+
 def _train_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields(TrainConfig)}
 
@@ -186,7 +215,10 @@ class PlanFile:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             raise UserError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)}).") from None
-        return cls.from_dict(raw, where=str(path))
+        plan = cls.from_dict(raw, where=str(path))
+        # Relative data paths are read from the plan's folder first (a plan written by hand, or moved
+        # together with its data), then from the working directory.
+        return plan.with_(data=pin_data_paths(plan.data, path.parent))
 
     # -- writing ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -214,6 +246,19 @@ class PlanFile:
     # -- resolving --------------------------------------------------------------------------------
     def train_config(self) -> TrainConfig:
         return self.config
+
+    def check_data_paths(self) -> None:
+        """UserError naming this plan file when a data file or folder it lists is not here."""
+        items = self.data.get("data") or []
+        for item in [items] if isinstance(items, str) else items:
+            if not isinstance(item, str) or item == "demo" or any(ch in item for ch in "*?["):
+                continue
+            head, sep, _ = item.rpartition(":")
+            path = Path(head if sep and Path(head).name == "dataset_info.json" else item).expanduser()
+            if not path.exists():
+                raise UserError(f"{self.where}: data.data {item}: no such file or folder (read from "
+                                f"{Path.cwd()}).", "Fix the path in the plan file, or pass --synthetic-data "
+                                "N:LEN to measure without the data.")
 
     @property
     def synthetic(self) -> tuple[int, int] | None:

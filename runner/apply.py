@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import UserError
-from planner.plan_file import PlanFile
+from planner.plan_file import PlanFile, pin_data_paths
 
 GIB = 1 << 30
 MAX_ATTEMPTS = 4
-_PATH_KEYS = ("data", "tokenizer", "dataset_dir", "template")
 # What `plan --out DIR` writes (planner.exports.writer): files of the plan, not results of a run.
 EXPORT_FILES = frozenset({"plan.yaml", "llamafactory.yaml", "dataset_info.json", "deepspeed.json", "axolotl.yaml",
                           "launch.sh", "training_arguments.json", "lora_config.json", "bnb_config.json",
@@ -93,15 +92,7 @@ def _resume_point(out_dir: Path, state: str, max_steps: int | None) -> Path | No
 
 def _pin_paths(plan: PlanFile) -> PlanFile:
     """Data paths made absolute, so OUT/plan.yaml re-applies from any working directory."""
-    data = dict(plan.data)
-    for key in _PATH_KEYS:
-        value = data.get(key)
-        if isinstance(value, str) and Path(value).expanduser().exists():
-            data[key] = str(Path(value).expanduser().resolve())
-        elif isinstance(value, (list, tuple)):
-            data[key] = [str(Path(v).expanduser().resolve()) if isinstance(v, str) and Path(v).expanduser().exists()
-                         else v for v in value]
-    return plan.with_(data=data)
+    return plan.with_(data=pin_data_paths(plan.data, Path.cwd()))
 
 
 def effective_plan(plan: PlanFile, *, max_steps, epochs, init, synthetic) -> PlanFile:

@@ -42,6 +42,7 @@ def encoded_samples(plan: PlanFile, spec: ModelSpec) -> list[Sample]:
         from planner.data import DataRequest, encode_records
     except ImportError as exc:  # pragma: no cover - planner.data ships with the planner
         raise UserError(f"--apply with a dataset needs planner.data ({exc}).") from None
+    plan.check_data_paths()
     request = data_request(plan, DataRequest)
     rows = [Sample(list(s.input_ids), list(s.labels)) for s in encode_records(request, spec)]
     if not rows:

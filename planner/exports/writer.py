@@ -54,7 +54,10 @@ def plan_file(plan, *, model_ref: str | None, data_ref: dict[str, Any] | None):
     """The PlanFile (plan.yaml) for this plan: what `plan --apply` reloads."""
     from planner.plan_file import PlanFile
 
-    data = {k: v for k, v in (data_ref or {}).items() if v not in (None, [], ())}
+    from planner.plan_file import pin_data_paths
+
+    # Absolute paths: `plan --apply DIR/plan.yaml` must read the same data from any folder.
+    data = pin_data_paths({k: v for k, v in (data_ref or {}).items() if v not in (None, [], ())}, Path.cwd())
     training = {"learning_rate": plan.hparams.learning_rate, "num_train_epochs": plan.hparams.num_train_epochs,
                 "eval_ratio": plan.hparams.val_size}
     predicted = {"peak_bytes": int(plan.memory.peak_bytes), "limit_bytes": int(plan.limit_bytes),
