@@ -24,6 +24,39 @@ def _best_of(seen: list[Candidate], pred) -> Candidate | None:
     return min(group, key=lambda c: c.memory.peak_bytes, default=None)
 
 
+def speed_phrase(tps: float, than_tps: float) -> str:
+    """'24% slower (1,180 vs 1,551 tokens/s)': the word and the percentage follow the figures shown.
+
+    >>> speed_phrase(2193, 1966)
+    '12% faster (2,193 vs 1,966 tokens/s)'
+    """
+    a, b = round(tps), round(than_tps)
+    figures = f"({a:,} vs {b:,} tokens/s)"
+    if a == b or not than_tps:
+        return f"as fast {figures}"
+    pct = abs(tps / than_tps - 1) * 100
+    amount = f"{pct:.0f}%" if round(pct) >= 1 else "<1%"
+    return f"{amount} {'faster' if a > b else 'slower'} {figures}"
+
+
+def _faster(c: Candidate, w: Candidate) -> bool:
+    return round(c.tokens_per_s) > round(w.tokens_per_s)
+
+
+def _why_not_faster(c: Candidate, w: Candidate) -> str:
+    """Why a candidate the throughput model calls faster did not win: the rule that overrode speed."""
+    if c.family.quantization_bit and not w.family.quantization_bit:
+        return (f"a quantized config must be {QUANTIZED_MUST_BE_FASTER:g}x as fast as a fitting 16-bit one "
+                "to be chosen (it adds quantization error for a small gain)")
+    if c.config.cutoff_len < w.config.cutoff_len:
+        return f"it fits only cutoff {c.config.cutoff_len} (< {w.config.cutoff_len}); a longer cutoff comes first"
+    if c.family.finetuning_type != w.family.finetuning_type:
+        return f"{c.family.finetuning_type} fine-tuning is planned only when asked (--method {c.family.finetuning_type})"
+    if c.family.offload != "none" and w.family.offload == "none":
+        return "offload is tried only when nothing fits on the GPUs alone"
+    return f"the search compares score = tokens/s, with {QUANTIZED_MUST_BE_FASTER:g}x for quantized weights"
+
+
 def _compare(alt: Candidate | None, w: Candidate, name: str) -> str | None:
     if alt is None:
         return None
@@ -31,7 +64,10 @@ def _compare(alt: Candidate | None, w: Candidate, name: str) -> str | None:
         need = "more than " if getattr(alt.memory, "lower_bound", False) else ""
         return (f"{name} does not fit: {need}{gib(alt.memory.peak_bytes)} at best ({alt.label}, micro batch "
                 f"{alt.config.per_device_train_batch_size}) > {gib(alt.limit_bytes)} limit")
-    return f"{name} fits too but is slower ({alt.tokens_per_s:,.0f} vs {w.tokens_per_s:,.0f} tokens/s)"
+    if _faster(alt, w):
+        return (f"{name} fits too and is {speed_phrase(alt.tokens_per_s, w.tokens_per_s)}, but "
+                f"{_why_not_faster(alt, w)}")
+    return f"{name} fits too but is {speed_phrase(alt.tokens_per_s, w.tokens_per_s)}"
 
 
 def _flip(ev: Evaluator, space: Space, cand: Candidate, **changes: Any) -> Candidate:
@@ -68,13 +104,15 @@ def _lost(c: Candidate, w: Candidate) -> str:
         return (f"does not fit: needs {need}{gib(c.memory.peak_bytes)} at micro batch "
                 f"{c.config.per_device_train_batch_size}, cutoff {c.config.cutoff_len} "
                 f"> {gib(c.limit_bytes)} limit")
-    ratio = c.tokens_per_s / w.tokens_per_s if w.tokens_per_s else 1.0
-    why = f"{(1 - ratio) * 100:.0f}% slower ({c.tokens_per_s:,.0f} vs {w.tokens_per_s:,.0f} tokens/s)"
-    if c.config.cutoff_len < w.config.cutoff_len and ratio >= 1:
-        why = f"fits only cutoff {c.config.cutoff_len} (< {w.config.cutoff_len})"
-    cause = _slower_because(c.family, w.family, c, w)
-    if cause:
-        why += f": {cause}"
+    why = speed_phrase(c.tokens_per_s, w.tokens_per_s)
+    if _faster(c, w):
+        why += f", but {_why_not_faster(c, w)}"
+    else:
+        cause = _slower_because(c.family, w.family, c, w)
+        if c.config.cutoff_len < w.config.cutoff_len and round(c.tokens_per_s) == round(w.tokens_per_s):
+            cause = f"fits only cutoff {c.config.cutoff_len} (< {w.config.cutoff_len})"
+        if cause:
+            why += f": {cause}"
     if c.family.finetuning_type == "full" and w.family.finetuning_type != "full":
         why += "; full fine-tuning fits too (ask with --method full, lr 1e-5)"
     return why
@@ -157,11 +195,22 @@ def explain(w: Candidate, seen: list[Candidate], ev: Evaluator, space: Space, da
         alt = _best_of(seen, lambda x: x.family.finetuning_type == "lora" and not x.family.quantization_bit)
         why = _compare(alt, w, "LoRA 16-bit") or "LoRA 16-bit was not tried"
         if alt is not None and alt.fits:
-            why += f" by more than {QUANTIZED_MUST_BE_FASTER:g}x: quantizing pays off here"
+            if w.tokens_per_s >= QUANTIZED_MUST_BE_FASTER * alt.tokens_per_s:
+                why += f", by more than the {QUANTIZED_MUST_BE_FASTER:g}x a quantized config must gain: " \
+                       "quantizing pays off here"
         else:
             why += f"; {f.quantization_bit}-bit weights fit (QLoRA matches 16-bit LoRA, Dettmers et al. 2023)"
     else:
-        why = "LoRA on 16-bit weights fits: no need to quantize (quantizing would only slow it down)"
+        why = "LoRA on 16-bit weights fits: no need to quantize"
+        q = _best_of(seen, lambda x: x.family.finetuning_type == "lora" and bool(x.family.quantization_bit))
+        if q is not None and q.fits and q.throughput is not None and f.finetuning_type == "lora":
+            name = q.family.label.split(",")[0]
+            if _faster(q, w):
+                why += (f" ({name} would be {speed_phrase(q.tokens_per_s, w.tokens_per_s)}, but a quantized "
+                        f"config must be {QUANTIZED_MUST_BE_FASTER:g}x as fast to be chosen: quantization "
+                        "error for a small gain)")
+            else:
+                why += f" ({name} is {speed_phrase(q.tokens_per_s, w.tokens_per_s)} here)"
     out.append(("method", f.label.split(",")[0], why))
 
     # cutoff
@@ -219,8 +268,9 @@ def explain(w: Candidate, seen: list[Candidate], ev: Evaluator, space: Space, da
                        and x.family.offload == "none")
         why = "needed" if alt is None or not alt.fits else "the fastest option"
         if alt is not None:
+            plain = "without ZeRO, one GPU" if ev.setup.world_size == 1 else "without ZeRO (plain DDP)"
             why += ": " + (_compare(alt, w, f"ZeRO-{alt.family.deepspeed_stage}" if alt.family.deepspeed_stage
-                                    else "without ZeRO, one GPU") or "")
+                                    else plain) or "")
         if f.offload != "none":
             why += f"; {f.offload} offload to host RAM because nothing fits on the GPUs alone (slow)"
     stage = "none" if not f.deepspeed_stage else f"ZeRO-{f.deepspeed_stage}" + (
