@@ -88,6 +88,8 @@ def cli(ctx, model, gpu, gpus, nodes, offline, fmt, debug, **options):
         _check(options["check"], gpu=gpu, gpus=gpus, nodes=nodes, options=options, fmt=fmt)
         return
     if options.get("apply") and not model:  # re-apply a saved plan
+        if fmt != "table":
+            _apply_document(None, options, fmt)
         from planner.apply_options import run_apply
 
         sys.exit(run_apply(options))
@@ -104,6 +106,8 @@ def cli(ctx, model, gpu, gpus, nodes, offline, fmt, debug, **options):
             _export(report, options)
         except UserError as exc:
             out_problem = exc
+    if apply_requested(options) and report.exit_code == 0 and out_problem is None and fmt != "table":
+        _apply_document(report, options, fmt)  # one document: the plan and the run's report
     emit(report, fmt)
     if out_problem is not None:
         raise out_problem
@@ -155,14 +159,46 @@ def _export(report, options) -> None:
     report.notes.append(f"wrote {len(written)} files to {options['out']} (plan.yaml, llamafactory.yaml, ...)")
 
 
-def _apply(report, options) -> None:
-    from planner.apply_options import run_apply
+def _plan_file(report, options):
     from planner.plan_file import PlanFile
     from planner.search.cli_options import data_ref_from_params
 
-    plan = PlanFile.from_values(report.model, report.train, report.setup, data=data_ref_from_params(options),
+    return PlanFile.from_values(report.model, report.train, report.setup, data=data_ref_from_params(options),
                                 predicted=report.plan.memory.to_json() if report.plan is not None else None)
-    sys.exit(run_apply(options, plan=plan))
+
+
+def _apply(report, options) -> None:
+    from planner.apply_options import run_apply
+
+    sys.exit(run_apply(options, plan=_plan_file(report, options)))
+
+
+def _apply_document(report, options, fmt: str) -> None:
+    """--apply with --format json|yaml: train with every log, table and third-party print on stderr, then
+    write one object on stdout: the plan (when one was made here) with the run's report under "run"."""
+    import json
+
+    from planner.apply_options import apply_kwargs, resolve_plan, run_apply
+    from planner.render import dump, emit, stdout_console, stdout_to_stderr
+
+    plan = _plan_file(report, options) if report is not None else None
+    try:
+        with stdout_to_stderr():
+            rc = run_apply(options, plan=plan, console=stdout_console(stderr=True))
+    except UserError:
+        if report is not None:
+            emit(report, fmt)  # the plan is not lost; the error follows on stderr
+        raise
+    out_dir = apply_kwargs(options, resolve_plan(options, plan))["out_dir"]
+    path = out_dir / "report.json"
+    run = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"status": "no report written"}
+    run["out"] = str(out_dir)
+    if report is None:
+        dump({"run": run}, fmt)
+    else:
+        report.sections["run"] = run
+        emit(report, fmt)
+    sys.exit(rc)
 
 
 @cli.command("models")
@@ -190,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors -> one message and exit 2; no traceback unless --debug."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    if debug:  # the runner (and its torchrun children) then keep third-party warnings
+        os.environ["VRAMPLAN_DEBUG"] = "1"
     try:
         cli.main(args=argv, prog_name="plan", standalone_mode=False)
     except click.exceptions.Exit as exc:

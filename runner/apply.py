@@ -259,6 +259,9 @@ def apply_plan(plan: dict | PlanFile, *, out_dir: str | Path, max_steps: int | N
     Bad input (a non-empty --out without --force, a plan that needs a GPU here) raises UserError.
     `launched` marks a process started by the torchrun relaunch (the parent checked --out already).
     """
+    from runner.noise import quiet_known_noise
+
+    quiet_known_noise()  # before the first heavy import
     from runner.distributed import PARENT_ENV, under_torchrun
     from runner.oom import next_smaller, resumable
 
