@@ -120,3 +120,19 @@ def test_simulate_agrees_with_the_analytic_model():
     sim, mem = obj["simulation"], obj["memory"]
     assert sim["ok"], sim
     assert abs(sim["peak_tensor_bytes"] - mem["peak_tensor_bytes"]) <= 0.03 * sim["peak_tensor_bytes"]
+
+
+def test_simulate_on_a_plan_with_liger_traces_and_says_what():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    args = ("--model", "Qwen2.5-0.5B", "--gpu", "A100-80G", "--cutoff", "256", "--batch-size", "1", "--simulate")
+    code, obj = plan_json(*args)
+    assert code == 0
+    if not obj["config"]["enable_liger_kernel"]:
+        pytest.skip("liger-kernel is not installed: the plan does not choose it")
+    sim = obj["simulation"]
+    assert sim["ok"], sim  # traced, not skipped
+    assert "without Liger Kernel" in sim["traced_instead"] and sim["traced_config"]["use_liger_kernel"] is False
+    assert abs(sim["peak_tensor_bytes"] - sim["analytic_peak_tensor_bytes"]) <= 0.03 * sim["peak_tensor_bytes"]
+    code, text, _ = plan(*args)
+    assert text.index("--simulate traced the planned config without Liger") < text.index("Fake-tensor simulation")
