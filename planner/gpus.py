@@ -93,6 +93,40 @@ def parse_gpu(text: str) -> GpuSpec:
     return entry.spec
 
 
+# "8xH100", "8 x H100", "H100:8", "H100*8": a count written into --gpu. Digits-first or an explicit
+# separator only: card names themselves end in letters and digits (RTX6000, MI300X).
+_COUNT_FIRST = re.compile(r"^\s*(\d+)\s*[x×*]\s*(\S.*?)\s*$", re.IGNORECASE)
+_COUNT_LAST = re.compile(r"^\s*(\S.*?)\s*[:*]\s*(\d+)\s*$")
+# A node holds at most 8-16 GPUs (DGX/HGX: 8; NVL/scale-up boxes more); beyond this, --nodes is meant.
+MAX_GPUS_PER_NODE = 16
+
+
+def split_gpu_count(text: str) -> tuple[str, int | None]:
+    """`--gpu 8xH100` -> ("H100", 8); a plain card name -> (name, None)."""
+    if find_gpu(text) is not None or _SIZE.match(text):
+        return text, None
+    for pattern, card_group, count_group in ((_COUNT_FIRST, 2, 1), (_COUNT_LAST, 1, 2)):
+        m = pattern.match(text)
+        if m:
+            return m.group(card_group), int(m.group(count_group))
+    return text, None
+
+
+def _sanity_notes(spec: GpuSpec, count: int) -> list[str]:
+    """Values that parse but cannot be real hardware: said, not refused (planning ahead is allowed)."""
+    from planner.catalog import load_gpus
+
+    notes = []
+    biggest = max(load_gpus(), key=lambda e: e.spec.memory_bytes).spec
+    if spec.vendor == "generic" and spec.memory_bytes > 2 * biggest.memory_bytes:
+        notes.append(f"--gpu {spec.name[:-len(' card')]}: more than twice the largest card in the catalog "
+                     f"({biggest.name}, {biggest.memory_bytes / GIB:.0f} GiB); planning as given")
+    if count > MAX_GPUS_PER_NODE:
+        notes.append(f"--gpus {count}: GPUs per node; a node holds at most {MAX_GPUS_PER_NODE}. For more "
+                     "machines give --gpus per node and --nodes (e.g. --gpus 8 --nodes 4)")
+    return notes
+
+
 def _spec_from_detected(d: DetectedGpu) -> GpuSpec:
     entry = find_gpu(d.name)
     if entry is not None:
@@ -129,13 +163,22 @@ def _resolve_cards(gpu: str | None, *, gpus: int | None, nodes: int) -> GpuSetup
     ram = host_ram_bytes()
     here = "this machine's RAM (os.sysconf)"
     if gpu is not None:
-        spec = parse_gpu(gpu)
+        card, count = split_gpu_count(gpu)
+        if count is not None:
+            if count < 1:
+                raise UserError(f"--gpu {gpu}: needs at least 1 GPU.")
+            if gpus is not None and gpus != count:
+                raise UserError(f"--gpu {gpu} says {count} GPUs, --gpus says {gpus}.",
+                                f"Give the count once: --gpu {card} --gpus N.")
+            gpus = count
+        spec = parse_gpu(card)
         if spec.is_cpu:
             if (gpus or 1) * nodes > 1:
                 raise UserError("--gpu cpu plans for one process; drop --gpus/--nodes.")
             return GpuSetup(spec, count=1, nodes=nodes, host_ram_bytes=ram, host_ram_source=here)
+        notes = _sanity_notes(spec, gpus or 1)
         # another machine's cards: its RAM is unknown here (the card-class default, or --host-mem)
-        return GpuSetup(spec, count=gpus or 1, nodes=nodes)
+        return GpuSetup(spec, count=gpus or 1, nodes=nodes, note="; ".join(notes) or None)
     found = inspect_gpus()
     if found:
         first = found[0]

@@ -168,6 +168,14 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
     choice = _calibration_stage(setup, options, report)
     stats = _data_stage(spec, options, report)
     pinned = pinned_from_options(options)
+    context = spec.max_position_embeddings
+    if pinned.get("cutoff_len") and context and pinned["cutoff_len"] > context:
+        import math
+
+        report.notes.append(
+            f"--cutoff {pinned['cutoff_len']} is beyond {spec.name}'s context of {context:,} tokens: positions "
+            f"past it were never trained; enable RoPE scaling (e.g. rope_scaling: yarn, factor "
+            f"{math.ceil(pinned['cutoff_len'] / context)}) or use --cutoff {context} or less")
     if options.get("synthetic_data") and "cutoff_len" not in pinned:
         from planner.plan_file import parse_synthetic
 

@@ -315,7 +315,7 @@ def estimate_throughput(spec: ModelSpec, train: TrainConfig, setup: GpuSetup, *,
     step = ga * micro + opt + comm_step + off_step + eff.step_overhead_s
     real_tokens_step = setup.world_size * ga * b * real
     tokens_per_s = real_tokens_step / step
-    model_per_token = model_f / (b * real)
+    model_per_token = model_f / (b * real) if real else 0.0  # rows of no real tokens: nothing learned
     mfu = tokens_per_s / setup.world_size * model_per_token / peak_flops(setup, train)
 
     epoch_s = total_s = None
@@ -323,7 +323,7 @@ def estimate_throughput(spec: ModelSpec, train: TrainConfig, setup: GpuSetup, *,
     assumptions = [f"efficiency: {eff.source}"]
     if lengths is not None:
         kept = lengths.samples * train_share * lengths.mean_kept(train.cutoff_len)
-        epoch_s = kept / tokens_per_s
+        epoch_s = kept / tokens_per_s if tokens_per_s else 0.0
         steps = max(1, round(lengths.samples * train_share / (setup.world_size * ga * b))) if not packing else \
             max(1, round(kept / PACKING_EFFICIENCY / train.cutoff_len / (setup.world_size * ga * b)))
         if epochs:

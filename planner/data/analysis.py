@@ -200,6 +200,12 @@ def _in_workers(prep: Prepared, units: Iterator[list[Item] | Block], workers: in
 def _stats(request: DataRequest, model: ModelSpec, prep: Prepared, sources: list[Source], lengths: array,
            meta: dict[str, Any], *, cached: bool) -> DataStats:
     files = prep.tokenizer
+    if len(lengths) and max(lengths) == 0:
+        # Nothing to train on, and every per-token figure downstream would divide by zero.
+        where = files.location or files.source
+        raise UserError(f"every sample is 0 tokens long with the tokenizer {where} and template "
+                        f"{prep.template_name}: the tokenizer maps this text to nothing.",
+                        "Check --tokenizer (a tokenizer.json whose vocabulary covers the text) and --template.")
     warnings = [prep.note] if prep.note else []
     error = None
     if not prep.counter.exact:

@@ -15,6 +15,7 @@ import click
 from planner.data.analysis import DataRequest
 from planner.data.formats import FORMATS
 from planner.data.templates import BUILTIN
+from planner.errors import UserError
 from planner.model_spec import ModelSpec
 
 _OPTIONS = [
@@ -32,8 +33,9 @@ _OPTIONS = [
     click.option("--tokenizer", "tokenizer", metavar="PATH",
                  help="Folder with tokenizer.json (or the file); default: the model folder, then the hub "
                       "cache, then an offline estimate."),
-    click.option("--percentile", "percentile", type=float, default=0.98, show_default=True,
-                 help="Length percentile the cutoff_len covers; 0.95-0.99 trades truncation for memory."),
+    click.option("--percentile", "percentile", type=float, metavar="P",
+                 help="Length percentile of --data the cutoff_len covers (default 0.98); 0.95-0.99 trades "
+                      "truncation for memory."),
     click.option("--sample", "sample", type=int, metavar="N",
                  help="Tokenize a random N records only (percentiles get 95% intervals); for huge data."),
     click.option("--plot", "plot", metavar="FILE.png", help="Write a histogram + CDF of lengths as PNG."),
@@ -54,6 +56,11 @@ def data_request_from_options(opts: dict[str, Any], model: ModelSpec) -> DataReq
     data = tuple(opts.get("data") or ())
     dataset = tuple(opts.get("dataset") or ())
     if not data and not dataset:
+        # These read the data's token lengths: without data they would be ignored, silently.
+        for flag, key in (("--percentile", "percentile"), ("--sample", "sample"), ("--plot", "plot")):
+            if opts.get(key) is not None:
+                raise UserError(f"{flag} needs --data: it applies to your dataset's token lengths.",
+                                f"Give --data FILE (or --data demo, or --dataset NAME), or drop {flag}.")
         return None
     percentile = opts.get("percentile")
     return DataRequest(

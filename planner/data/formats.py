@@ -71,6 +71,8 @@ def detect_format(record: Any, where: str) -> FormatSpec:
     keys = set(record)
     for key in ("conversations", "messages"):
         turns = record.get(key)
+        if key in keys and not isinstance(turns, list):
+            raise _not_turns(where, key, turns)
         if isinstance(turns, list) and turns and isinstance(turns[0], dict):
             if "from" in turns[0] or "value" in turns[0]:
                 return FormatSpec("sharegpt", columns={"messages": key})
@@ -99,14 +101,23 @@ def _missing(where: str, spec: FormatSpec, expected: list[str], record: dict[str
         "Fix the record, pick the right format with --format-data, or map the columns in dataset_info.json.")
 
 
+def _not_turns(where: str, key: str, value: Any) -> UserError:
+    return UserError(f"{where}: {key!r} should be a list of turns, found {type(value).__name__} "
+                     f"({json.dumps(value, ensure_ascii=False, default=str)[:60]}).",
+                     "sharegpt: [{\"from\": \"human\", \"value\": ...}, ...]; messages: "
+                     "[{\"role\": \"user\", \"content\": ...}, ...].")
+
+
 def _text(value: Any, where: str, name: str) -> str:
+    """A text field: a string (or missing). Numbers, lists and objects are errors, not silently str()-ed:
+    LLaMA-Factory's converters fail on them, so a plan must not count them as text."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, (int, float, bool)):
-        return str(value)
-    raise UserError(f"{where}: field {name!r} should be a string, found {type(value).__name__}.")
+    shown = json.dumps(value, ensure_ascii=False, default=str)[:60]
+    raise UserError(f"{where}: field {name!r} should be a string, found {type(value).__name__} ({shown}).",
+                    "Quote the value as a JSON string, or fix the record.")
 
 
 def to_sample(record: Any, spec: FormatSpec, file: str, line: int) -> Sample:
@@ -152,15 +163,21 @@ def _alpaca(record: dict[str, Any], spec: FormatSpec, where: str) -> list[dict[s
     if query:
         user = user + "\n" + query if user else query
     messages.append({"role": "user", "content": user})
-    messages.append({"role": "assistant", "content": _response_text(record[response_key], where, response_key)})
+    messages.append({"role": "assistant", "content": _response_text(record[response_key], where, response_key,
+                                                                    ranking=spec.ranking)})
     return messages
 
 
-def _response_text(value: Any, where: str, name: str) -> str:
-    if isinstance(value, dict):  # preference data: {"from": "gpt", "value": ...}
-        value = value.get("value", value.get("content"))
-    if isinstance(value, list) and value and isinstance(value[0], str):
-        value = value[0]
+def _response_text(value: Any, where: str, name: str, *, ranking: bool = False) -> str:
+    if ranking:  # preference data: {"from": "gpt", "value": ...} or [chosen, rejected]
+        if isinstance(value, dict):
+            value = value.get("value", value.get("content"))
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            value = value[0]
+    elif isinstance(value, list):
+        raise UserError(f"{where}: field {name!r} should be a string, found a list of {len(value)}.",
+                        "A list of answers is preference data: mark the dataset with \"ranking\": true "
+                        "in dataset_info.json, or keep one answer.")
     return _text(value, where, name)
 
 
@@ -174,6 +191,8 @@ def _longer(record: dict[str, Any], chosen: str, rejected: str) -> str:
 def _chat(record: dict[str, Any], spec: FormatSpec, where: str) -> list[dict[str, Any]]:
     key = spec.column("messages")
     turns = record.get(key)
+    if key in record and not isinstance(turns, list):
+        raise _not_turns(where, key, turns)
     if not isinstance(turns, list):
         raise _missing(where, spec, [key], record)
     role_tag, content_tag = spec.tag("role_tag"), spec.tag("content_tag")
@@ -210,7 +229,8 @@ def _chat(record: dict[str, Any], spec: FormatSpec, where: str) -> list[dict[str
     if spec.ranking:
         answer = _longer(record, spec.column("chosen"), spec.column("rejected"))
         if answer in record:
-            messages.append({"role": "assistant", "content": _response_text(record[answer], where, answer)})
+            messages.append({"role": "assistant", "content": _response_text(record[answer], where, answer,
+                                                                            ranking=True)})
     return messages
 
 

@@ -382,15 +382,21 @@ class _ArrayState:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    # strict: an unterminated quote is an error, not the rest of the file read into one field.
+    start = 1  # the line the current record starts on (a quoted field may span lines)
     try:
         with _open_text(path) as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, strict=True)
             for row in reader:
                 yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+                start = reader.line_num + 1
     except UnicodeDecodeError:
         raise _line_of_bad_byte(path) from None
     except csv.Error as exc:
-        raise UserError(f"{path}: malformed CSV: {exc}.") from None
+        what = ("a quoted field is never closed" if "unexpected end of data" in str(exc)
+                else f"malformed CSV ({exc})")
+        raise UserError(f"{path}:{start}: {what}, in the record that starts on this line.",
+                        'Close the quote, or write a quote inside a field as two quotes ("").') from None
 
 
 def _iter_txt(path: Path) -> Iterator[tuple[int, Any]]:

@@ -56,6 +56,25 @@ def _summary(plan) -> str:
             f"{c.per_device_train_batch_size}: peak {_gib(plan.memory.peak_bytes)} of {_gib(plan.limit_bytes)}")
 
 
+def _unpin_groups(pinned: dict[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
+    """(the flag as the user wrote it, the pinned fields it set) for every flag but --cutoff (its own line)."""
+    from planner.pipeline import FLAG_FIELDS
+
+    groups = []
+    for flag, keys in FLAG_FIELDS.items():
+        if flag in ("cutoff", "offload") or (flag == "quant" and "finetuning_type" in pinned):
+            continue  # --quant goes with --method, --offload with --zero
+        if flag == "zero":
+            keys, shown = ("deepspeed_stage", "offload"), "--zero/--offload"
+        else:
+            shown = f"--{flag.replace('_', '-')}"
+        if flag == "method" and "finetuning_type" not in pinned:
+            continue
+        if any(k in pinned for k in keys):
+            groups.append((shown, keys))
+    return groups
+
+
 def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
@@ -68,6 +87,16 @@ def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, A
             out.append(item)
 
     base = {k: v for k, v in pinned.items() if k not in ("deepspeed_stage", "offload")}
+    # 0. a pinned flag the planner would set otherwise (--batch-size 100000, --lora-rank 65536): unpin it
+    groups = _unpin_groups(pinned)
+    for shown, keys in groups:
+        add(f"let the planner choose instead of {shown}", f"drop {shown}",
+            _try(model, setup, data, {k: v for k, v in pinned.items() if k not in keys}, ev))
+    if len(groups) > 1 and not out:  # no one flag is to blame: all of them together
+        every = {k for _, keys in groups for k in keys}
+        shown = " ".join(s for s, _ in groups)
+        add(f"let the planner choose instead of {shown}", f"drop {shown}",
+            _try(model, setup, data, {k: v for k, v in pinned.items() if k not in every}, ev))
     # 1. 4-bit weights (QLoRA) on the same hardware
     if pinned.get("quantization_bit") != 4:
         q = {k: v for k, v in base.items() if k not in ("finetuning_type", "dtype", "amp")}

@@ -136,3 +136,41 @@ def test_simulate_on_a_plan_with_liger_traces_and_says_what():
     assert abs(sim["peak_tensor_bytes"] - sim["analytic_peak_tensor_bytes"]) <= 0.03 * sim["peak_tensor_bytes"]
     code, text, _ = plan(*args)
     assert text.index("--simulate traced the planned config without Liger") < text.index("Fake-tensor simulation")
+
+
+def test_cutoff_beyond_the_context_is_warned():
+    code, obj = plan_json("--model", "Llama-2-7b-hf", "--gpu", "H100", "--cutoff", "16384", "--offline")
+    assert code in (0, 1)
+    assert any("--cutoff 16384 is beyond" in n and "4,096" in n and "rope_scaling" in n for n in obj["notes"])
+    code, obj = plan_json("--model", "Llama-2-7b-hf", "--gpu", "H100", "--cutoff", "4096", "--offline")
+    assert not any("beyond" in n for n in obj.get("notes", []))
+
+
+@pytest.mark.parametrize("flag", [("--percentile", "0.9"), ("--sample", "100"), ("--plot", "x.png")])
+def test_data_flags_without_data_are_errors(flag):
+    code, out, err = plan("--model", "Qwen2.5-7B", "--gpu", "H100", "--offline", *flag)
+    assert code == 2 and f"{flag[0]} needs --data" in err and "Traceback" not in err
+
+
+def test_a_tokenizer_that_gives_no_tokens_is_a_clear_error(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    Tokenizer(models.BPE(vocab={}, merges=[])).save(str(folder / "tokenizer.json"))  # drops every character
+    (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"text": "hello there"}\n{"text": "more words"}\n')
+    code, out, err = plan("--model", "Qwen2.5-0.5B", "--gpu", "RTX4090", "--offline", "--data", str(data),
+                          "--tokenizer", str(folder))
+    assert code == 2 and "0 tokens" in err and "ZeroDivisionError" not in err and "internal error" not in err
+
+
+@pytest.mark.parametrize(("flags", "drop"), [
+    (("--batch-size", "100000"), "drop --batch-size"),
+    (("--lora-rank", "10000000"), "drop --lora-rank"),
+])
+def test_an_absurd_pin_points_to_unpinning_it(flags, drop):
+    code, out, err = plan("--model", "Qwen2.5-7B", "--gpu", "RTX4090", "--offline", *flags)
+    assert code != 0
+    assert drop in out + err and "try a smaller model" not in out + err

@@ -73,3 +73,31 @@ def test_detected_unknown_card(monkeypatch):
     monkeypatch.setattr(g, "inspect_gpus", lambda: [fake])
     setup = g.resolve_setup(None)
     assert setup.gpu.name == "NVIDIA Mystery 7" and not setup.gpu.bf16
+
+
+@pytest.mark.parametrize("text", ["8xH100", "8 x H100", "8×H100", "H100:8", "H100*8", "8*H100"])
+def test_count_written_into_gpu(text):
+    setup = resolve_setup(text)
+    assert setup.count == 8 and "H100" in setup.gpu.name
+
+
+def test_count_in_gpu_and_gpus_must_agree():
+    assert resolve_setup("H100:8", gpus=8).count == 8
+    with pytest.raises(UserError, match=r"--gpu 8xH100 says 8 GPUs, --gpus says 4"):
+        resolve_setup("8xH100", gpus=4)
+
+
+@pytest.mark.parametrize("text", ["RTX6000x", "A100-80G", "4090"])
+def test_card_names_are_not_read_as_counts(text):
+    try:
+        setup = resolve_setup(text)
+    except UserError as exc:
+        assert "unknown card" in exc.message
+    else:
+        assert setup.count == 1
+
+
+def test_absurd_sizes_and_counts_are_said():
+    assert "largest card in the catalog" in resolve_setup("100000GB").note
+    assert "--nodes" in resolve_setup("H100", gpus=100000).note
+    assert resolve_setup("H100", gpus=8).note is None and resolve_setup("80GB").note is None

@@ -285,3 +285,50 @@ def test_array_blocks_non_utf8_names_the_line(tmp_path):
     f.write_bytes(b'[{"text": "ok"},\n{"text": "\xff"}]')
     with pytest.raises(UserError, match=r"bad\.json:2: the file is not UTF-8"):
         _array_records(f, 1, 5)
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"instruction": 5, "input": "", "output": "x"}, "field 'instruction' should be a string, found int"),
+    ({"instruction": "a", "input": "", "output": ["x", "y"]}, "field 'output' should be a string, found a list"),
+    ({"instruction": "a", "input": {"k": 1}, "output": "x"}, "field 'input' should be a string, found dict"),
+    ({"conversations": [{"from": "human", "value": 42}, {"from": "gpt", "value": "ok"}]},
+     "field 'value' should be a string, found int"),
+    ({"conversations": "hello"}, "'conversations' should be a list of turns, found str"),
+    ({"messages": {"role": "user"}}, "'messages' should be a list of turns, found dict"),
+])
+def test_wrong_field_types_are_errors_at_file_line(tmp_path, record, message):
+    f = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "fine", "input": "", "output": "ok"}, record]
+                    if "instruction" in record else [record])
+    with pytest.raises(UserError) as err:
+        _samples(str(f))
+    assert message in err.value.message and f"a.jsonl:{2 if 'instruction' in record else 1}:" in err.value.message
+    assert "found: conversations" not in err.value.message
+
+
+def test_conversations_not_a_list_with_forced_format(tmp_path):
+    f = write_jsonl(tmp_path / "a.jsonl", [{"conversations": "hello"}])
+    with pytest.raises(UserError, match="'conversations' should be a list of turns, found str"):
+        _samples(str(f), format_data="sharegpt")
+
+
+def test_ranking_data_keeps_its_answer_objects():
+    s = to_sample({"instruction": "q", "input": "", "chosen": {"from": "gpt", "value": "longer answer"},
+                   "rejected": "short"}, FormatSpec("alpaca", ranking=True), "f", 1)
+    assert s.messages[-1]["content"] == "longer answer"
+
+
+@pytest.mark.parametrize(("body", "line", "what"), [
+    ('instruction,output\n"a","b"\n"abc,def\nx,y\n', 3, "a quoted field is never closed"),
+    ('instruction,output\n"a","b"\n"abc,def\nx,y\n"z",w\n', 3, "malformed CSV"),
+])
+def test_unterminated_csv_quote_is_an_error(tmp_path, body, line, what):
+    (tmp_path / "d.csv").write_text(body)
+    with pytest.raises(UserError) as err:
+        _samples(str(tmp_path / "d.csv"))
+    assert f"d.csv:{line}: {what}" in err.value.message
+
+
+def test_csv_quotes_inside_fields_still_read(tmp_path):
+    (tmp_path / "d.csv").write_text('instruction,output\nsay "hi" now,x\n"q""uote",y\n')
+    first, second = _samples(str(tmp_path / "d.csv"))
+    assert first.messages[0]["content"] == 'say "hi" now' and second.messages[0]["content"] == 'q"uote'
