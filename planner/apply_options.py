@@ -30,12 +30,14 @@ def apply_options(f):
                      help="Train with the plan and report predicted vs measured memory. Without a file: "
                           "the plan just made; with one: re-apply a saved plan (OUT/plan.yaml)."),
         click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
-                     help="Output folder of --apply (adapter/model, checkpoints, report.json, loss.png). "
-                          "Default: vramplan-out/<model>-<method>."),
+                     help="Planning: write plan.yaml and the LLaMA-Factory/Axolotl/DeepSpeed/transformers files "
+                          "here. With --apply: the run's folder (adapter, checkpoints, report.json, loss.png; "
+                          "default vramplan-out/<model>-<method>). Never overwritten without --force."),
         click.option("--max-steps", type=click.IntRange(min=1), metavar="N",
                      help="Train N optimizer steps and report: the one-minute answer to 'will it fit'."),
         click.option("--epochs", type=click.FloatRange(min=0, min_open=True), metavar="E",
-                     help="Epochs to train (default 1; --max-steps wins)."),
+                     help="Epochs to train (default: the plan's num_train_epochs, 3 without --data, 1-3 by "
+                          "its size with it; --max-steps wins)."),
         click.option("--init", type=click.Choice(INITS), default=None,
                      help="pretrained (default, or what a re-applied plan used) or random: build the model "
                           "from its config with random weights, to measure without the weights."),

@@ -160,10 +160,12 @@ def _export(report, options) -> None:
 
 
 def _plan_file(report, options):
+    from planner.exports.writer import training_of
     from planner.plan_file import PlanFile
     from planner.search.cli_options import data_ref_from_params
 
     return PlanFile.from_values(report.model, report.train, report.setup, data=data_ref_from_params(options),
+                                training=training_of(report.plan) if report.plan is not None else None,
                                 predicted=report.plan.memory.to_json() if report.plan is not None else None)
 
 

@@ -80,11 +80,16 @@ def lora_alpha_for(rank: int) -> tuple[int, str]:
     return 2 * rank, "2 x rank (LLaMA-Factory's default scaling)"
 
 
+# Epochs when the data is unknown (LLaMA-Factory's SFT examples); plan.yaml and --apply use it too, so
+# the plan shown, its exports and the run agree.
+DEFAULT_EPOCHS = 3.0
+
+
 def epochs_for(data, given: float | None) -> tuple[float, str]:
     if given is not None:
         return float(given), "as given (--epochs)"
     if data is None:
-        return 3.0, "no data given: 3 (LLaMA-Factory's examples)"
+        return DEFAULT_EPOCHS, f"no data given: {DEFAULT_EPOCHS:g} (LLaMA-Factory's examples)"
     n = data.samples
     if n < 10_000:
         return 3.0, f"{n:,} samples (< 10k): 3 epochs; small sets need repeats"
@@ -131,7 +136,9 @@ def choose_hparams(spec: ModelSpec, config: TrainConfig, data, *, setup: GpuSetu
         why["warmup_steps"] = f"{DEFAULT_WARMUP_STEPS} steps: the run length is unknown without data"
     half = config.amp if config.dtype == "fp32" and config.amp else config.dtype
     bf16, fp16 = half == "bf16", half == "fp16"
-    why["precision"] = ("bf16: the card supports it (no loss scaling needed)" if bf16 else
+    why["precision"] = ("bf16: torch runs it on the CPU (no loss scaling; fastest on CPUs with AVX512-BF16 "
+                        "or AMX)" if bf16 and setup.gpu.is_cpu else
+                        "bf16: the card supports it (no loss scaling needed)" if bf16 else
                         f"fp16: {setup.gpu.name} has no bf16 support" if fp16 and not setup.gpu.bf16 else
                         f"{half} as configured")
     rank = alpha = None

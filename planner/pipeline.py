@@ -168,6 +168,12 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
     choice = _calibration_stage(setup, options, report)
     stats = _data_stage(spec, options, report)
     pinned = pinned_from_options(options)
+    if setup.gpu.is_cpu and pinned.get("optim") == "adamw_torch":
+        # torch.optim.AdamW defaults to foreach only when every parameter is on CUDA
+        # (torch/optim/optimizer.py _default_to_fused_or_foreach): on the CPU it runs the for-loop.
+        pinned["optim"] = "adamw_torch_forloop"
+        report.notes.append("--optim adamw_torch on the CPU: torch runs its for-loop AdamW there (foreach is "
+                            "for CUDA tensors), so the plan models that (adamw_torch_forloop)")
     context = spec.max_position_embeddings
     if pinned.get("cutoff_len") and context and pinned["cutoff_len"] > context:
         import math
@@ -286,11 +292,13 @@ def _trainable(spec: ModelSpec, train: TrainConfig) -> int:
 def _render_config(train: TrainConfig, console) -> None:
     from rich.table import Table
 
+    from planner.render import display_value
+
     t = Table(title=f"Configuration ({train.method}, fixed: no search)", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
     for key, value in train.to_json().items():
-        t.add_row(key, str(value))
+        t.add_row(key, display_value(value))
     console.print(t)
 
 

@@ -27,13 +27,14 @@ import yaml
 from planner import __version__
 from planner.errors import UserError
 from planner.gpu_spec import GpuSetup
+from planner.hparams import DEFAULT_EPOCHS
 from planner.model_spec import ModelSpec
 from planner.train_config import TrainConfig
 
 # Run-length and optimizer settings that are not memory decisions (HF TrainingArguments names).
 TRAINING_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-4,
-    "num_train_epochs": 1.0,
+    "num_train_epochs": DEFAULT_EPOCHS,  # what the plan shows without data (planner.hparams)
     "max_steps": None,  # None: train num_train_epochs
     "save_steps": 500,
     "logging_steps": 1,

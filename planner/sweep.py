@@ -57,11 +57,11 @@ class SweepTable:
     def render(self, console) -> None:
         from rich.table import Table
 
-        from planner.search.plan import duration
+        from planner.search.plan import duration, epochs_text
 
         title = f"What {self.model} would run on each setup"
         if self.epochs:
-            title += f" ({self.epochs:g} epochs)"
+            title += f" ({epochs_text(self.epochs)})"
         t = Table(title=title, title_justify="left")
         for col in ("card", "GPUs", "method", "cutoff", "batch", "ZeRO", "ckpt", "peak", "tokens/s", "time"):
             t.add_column(col, justify="right" if col in ("GPUs", "cutoff", "peak", "tokens/s", "time") else "left")

@@ -25,6 +25,12 @@ OPTIMIZERS = (
 )
 
 
+def hf_optim(optim: str) -> str:
+    """The TrainingArguments.optim name of an optimizer: adamw_torch_forloop is torch's AdamW where it
+    picks the for-loop implementation itself (any non-CUDA device)."""
+    return "adamw_torch" if optim == "adamw_torch_forloop" else optim
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """What one training run does. Field names follow LLaMA-Factory where it has one."""

@@ -19,14 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import UserError
+from planner.exports.writer import EXPORT_FILES  # what `plan --out` writes: the plan, not a run's results
 from planner.plan_file import PlanFile, pin_data_paths
 
 GIB = 1 << 30
 MAX_ATTEMPTS = 4
-# What `plan --out DIR` writes (planner.exports.writer): files of the plan, not results of a run.
-EXPORT_FILES = frozenset({"plan.yaml", "llamafactory.yaml", "dataset_info.json", "deepspeed.json", "axolotl.yaml",
-                          "launch.sh", "training_arguments.json", "lora_config.json", "bnb_config.json",
-                          "model_kwargs.json"})
 
 
 def use_expandable_segments(env: dict | None = None) -> bool:

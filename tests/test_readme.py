@@ -56,6 +56,11 @@ def test_the_readme_has_its_two_main_commands_and_the_apply_example():
             assert skip_reason(commands(block)) is None, block
 
 
+def test_the_readme_says_where_the_caches_live():
+    text = README.read_text(encoding="utf-8")
+    assert "VRAMPLAN_CACHE" in text and "~/.cache/vramplan" in text and "VRAMPLAN_HOME" in text
+
+
 @pytest.fixture()
 def shell_env(tmp_path):
     bin_dir = tmp_path / "bin"

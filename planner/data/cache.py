@@ -19,7 +19,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-CACHE_VERSION = 1  # bump when rendering or counting changes meaning
+CACHE_VERSION = 2  # bump when rendering or counting changes meaning (2: checksummed lengths, strict fields)
 _HASH_CHUNK = 1 << 22
 
 
@@ -58,12 +58,14 @@ def _entry(key: str) -> Path:
 
 def store(key: str, lengths: array, meta: dict[str, Any]) -> None:
     """Write sorted lengths (array('I')) and a JSON header; failures only cost the speed-up."""
-    header = json.dumps(meta).encode()
     data = array("I", lengths)
     if sys.byteorder != "little":
         data.byteswap()
+    body = data.tobytes()
+    # A checksum of the lengths: a flipped bit in the file would otherwise give a plausible, wrong plan.
+    header = json.dumps({**meta, "lengths_sha256": hashlib.sha256(body).hexdigest()}).encode()
     try:
-        _write_atomic(_entry(key), struct.pack("<Q", len(header)) + header + data.tobytes())
+        _write_atomic(_entry(key), struct.pack("<Q", len(header)) + header + body)
     except OSError:
         pass
 
@@ -76,8 +78,11 @@ def load(key: str) -> tuple[array, dict[str, Any]] | None:
     try:
         (size,) = struct.unpack_from("<Q", blob)
         meta = json.loads(blob[8:8 + size])
+        body = blob[8 + size:]
+        if not isinstance(meta, dict) or meta.pop("lengths_sha256", None) != hashlib.sha256(body).hexdigest():
+            return None  # damaged or from an older writer: recount
         data = array("I")
-        data.frombytes(blob[8 + size:])
+        data.frombytes(body)
     except (struct.error, ValueError):
         return None
     if sys.byteorder != "little":

@@ -41,8 +41,12 @@ def load_dataset_info(info_path: Path, names: list[str]) -> list[Source]:
     for name in names:
         entry = info.get(name)
         if not isinstance(entry, dict):
-            close = [k for k in info if name.lower() in k.lower()][:5]
-            hint = f"Close names: {', '.join(close)}." if close else f"It has {len(info)} entries."
+            import difflib
+
+            close = [k for k in info if name.lower() in k.lower()][:5] or \
+                difflib.get_close_matches(name, list(info), n=5, cutoff=0.5)
+            shown = ", ".join(list(info)[:20]) + (f", ... ({len(info)} in all)" if len(info) > 20 else "")
+            hint = f"Close names: {', '.join(close)}." if close else f"Its entries: {shown or 'none'}."
             raise UserError(f"{info_path}: no dataset named {name!r}.", hint)
         spec = spec_from_entry(entry, f"{info_path}:{name}")
         file_name = entry.get("file_name")

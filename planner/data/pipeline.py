@@ -127,7 +127,9 @@ def prepare(model: ModelSpec, *, tokenizer: str | None = None, template: str | N
     if own is not None:
         chat = ChatTemplate("model", own, special)
         tools_chat = ChatTemplate("model", pick_template(files.chat_template, has_tools=True) or own, special)
-    elif template == "model":
+    elif template == "model" and files.tokenizer_json is not None:
+        # A tokenizer without a template. (Offline, with no tokenizer at all, `model` means what the
+        # default means: the family's template, as the estimate stands in for the tokenizer.)
         raise UserError(f"--template model: the tokenizer ({files.location}) has no chat template.",
                         f"Choose a built-in one: {', '.join(BUILTIN)}.")
     else:

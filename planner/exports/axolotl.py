@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from planner.exports.llamafactory import detect_format
+from planner.train_config import hf_optim
 
 # Axolotl dataset types per planner.data format.
 _TYPES = {"alpaca": "alpaca", "sharegpt": "chat_template", "messages": "chat_template", "text": "completion"}
@@ -73,7 +74,7 @@ def axolotl_config(plan, *, model_ref: str, data_ref: dict[str, Any] | None,
         micro_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps,
         num_epochs=hp.num_train_epochs,
-        optimizer=c.optim,
+        optimizer=hf_optim(c.optim),
         lr_scheduler=hp.lr_scheduler_type,
         learning_rate=hp.learning_rate,
         warmup_steps=hp.warmup_steps,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner.train_config import hf_optim
+
 _TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -26,7 +28,7 @@ def training_arguments(plan, *, deepspeed_file: str | None, output_dir: str = "o
         "num_train_epochs": hp.num_train_epochs,
         "lr_scheduler_type": hp.lr_scheduler_type,
         "warmup_steps": hp.warmup_steps,
-        "optim": c.optim,
+        "optim": hf_optim(c.optim),
         "bf16": bool(hp.bf16),
         "fp16": bool(hp.fp16),
         "gradient_checkpointing": c.gradient_checkpointing,

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from planner.train_config import hf_optim
+
 # LLaMA-Factory template names (src/llamafactory/data/template.py, register_template) by model family.
 LF_TEMPLATES = {
     "qwen2": "qwen", "qwen2_moe": "qwen", "qwen3": "qwen3", "qwen3_moe": "qwen3", "mistral": "mistral",
@@ -244,7 +246,7 @@ def llamafactory_config(plan, *, model_ref: str, data_ref: dict[str, Any] | None
         add("train", "bf16", True, hp.why.get("precision", ""))
     elif hp.fp16:
         add("train", "fp16", True, hp.why.get("precision", ""))
-    add("train", "optim", c.optim)
+    add("train", "optim", hf_optim(c.optim))
     add("train", "ddp_timeout", 180000000, "long preprocessing on rank 0 must not time out the others")
     if hp.val_size:
         add("eval", "val_size", hp.val_size, hp.why.get("val_size", ""))

@@ -26,6 +26,12 @@ from planner.exports.hf_json import bnb_config, lora_config, model_kwargs, train
 from planner.exports.launch import launch_script
 from planner.exports.llamafactory import llamafactory_yaml
 
+# Every file a plan may write: one from an earlier plan that this one does not write (deepspeed.json of a
+# ZeRO plan, bnb_config.json of a QLoRA plan) would contradict it, so it counts as a clash too.
+EXPORT_FILES = frozenset({"plan.yaml", "llamafactory.yaml", "dataset_info.json", "deepspeed.json", "axolotl.yaml",
+                          "launch.sh", "training_arguments.json", "lora_config.json", "bnb_config.json",
+                          "model_kwargs.json"})
+
 
 def _model_ref(plan, model_ref: str | None) -> str:
     if model_ref:
@@ -50,16 +56,19 @@ def _data_ref(data_ref: Any) -> dict[str, Any] | None:
     return out
 
 
+def training_of(plan) -> dict[str, Any]:
+    """The run settings the plan chose (plan.yaml's `training`): --apply trains what the plan shows."""
+    return {"learning_rate": plan.hparams.learning_rate, "num_train_epochs": plan.hparams.num_train_epochs,
+            "eval_ratio": plan.hparams.val_size}
+
+
 def plan_file(plan, *, model_ref: str | None, data_ref: dict[str, Any] | None):
     """The PlanFile (plan.yaml) for this plan: what `plan --apply` reloads."""
-    from planner.plan_file import PlanFile
-
-    from planner.plan_file import pin_data_paths
+    from planner.plan_file import PlanFile, pin_data_paths
 
     # Absolute paths: `plan --apply DIR/plan.yaml` must read the same data from any folder.
     data = pin_data_paths({k: v for k, v in (data_ref or {}).items() if v not in (None, [], ())}, Path.cwd())
-    training = {"learning_rate": plan.hparams.learning_rate, "num_train_epochs": plan.hparams.num_train_epochs,
-                "eval_ratio": plan.hparams.val_size}
+    training = training_of(plan)
     predicted = {"peak_bytes": int(plan.memory.peak_bytes), "limit_bytes": int(plan.limit_bytes),
                  "tokens_per_s": round(plan.throughput.tokens_per_s, 1)}
     pf = PlanFile.from_values(plan.model, plan.config, plan.setup, data=data, training=training,
@@ -99,13 +108,16 @@ def write_exports(plan, out_dir: str | Path, *, model_ref: str | None = None, da
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder.", "Choose another --out folder.")
     files = render_exports(plan, out, model_ref=model_ref, data_ref=data_ref)
-    clash = sorted(name for name in files if (out / name).exists())
+    clash = sorted(name for name in EXPORT_FILES | set(files) if (out / name).exists())
     if clash and not force:
         raise UserError(f"--out {out}: {', '.join(clash)} already exist{'s' if len(clash) == 1 else ''}.",
                         "Pass --force to overwrite them, or choose another --out folder.")
     written = []
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for name in clash:
+            if name not in files:  # left by an earlier plan: it would contradict this one
+                (out / name).unlink()
         for name, text in files.items():
             path = out / name
             path.write_text(text, encoding="utf-8")

@@ -15,6 +15,11 @@ from planner.train_config import TrainConfig
 GIB = 1 << 30
 
 
+def epochs_text(n: float) -> str:
+    """'1 epoch', '3 epochs', '1.5 epochs'."""
+    return f"{n:g} epoch" + ("" if n == 1 else "s")
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -134,6 +139,8 @@ class Plan:
     def render(self, console) -> None:
         from rich.table import Table
 
+        from planner.render import display_value
+
         s = self.setup
         hw = f"{s.count} x {s.gpu.name}" + (f" x {s.nodes} nodes" if s.nodes > 1 else "")
         t = Table(title=f"Recommended: {self.model.name} on {hw}", title_justify="left")
@@ -148,8 +155,7 @@ class Plan:
                       f"{hp.why.get('lora_rank', '')}; alpha {hp.why.get('lora_alpha', '')}")
             t.add_row("lora_target", str(hp.lora_target), hp.why.get("lora_target", ""))
         for key in ("learning_rate", "num_train_epochs", "lr_scheduler_type", "warmup_steps", "val_size"):
-            t.add_row(key, f"{getattr(self.hparams, key):g}" if isinstance(getattr(self.hparams, key), float)
-                      else str(getattr(self.hparams, key)), self.hparams.why.get(key, ""))
+            t.add_row(key, display_value(getattr(self.hparams, key)), self.hparams.why.get(key, ""))
         t.add_row("precision", "bf16" if self.hparams.bf16 else "fp16" if self.hparams.fp16 else "fp32",
                   self.hparams.why.get("precision", ""))
         console.print(t)
@@ -165,10 +171,11 @@ class Plan:
                           f"{c.tokens_per_s:,.0f}" if c.throughput else "-", c.why)
             console.print(r)
         tp = self.throughput
-        line = (f"[bold]Speed:[/] {tp.tokens_per_s:,.0f} tokens/s (real, all GPUs), MFU {tp.mfu:.0%}, "
+        where = "real, the CPU" if self.setup.gpu.is_cpu else "real, all GPUs"
+        line = (f"[bold]Speed:[/] {tp.tokens_per_s:,.0f} tokens/s ({where}), MFU {tp.mfu:.0%}, "
                 f"padding efficiency {tp.padding_efficiency:.0%}")
         if tp.epoch_seconds is not None:
-            line += (f"; one epoch {duration(tp.epoch_seconds)}, {tp.epochs:g} epochs "
+            line += (f"; one epoch {duration(tp.epoch_seconds)}, {epochs_text(tp.epochs)} "
                      f"{duration(tp.total_seconds)}")
         console.print(line)
         console.print("[dim]Times are model estimates (uncalibrated efficiency); memory is the planner's "

@@ -255,13 +255,15 @@ def explain(w: Candidate, seen: list[Candidate], ev: Evaluator, space: Space, da
     out.append(("gradient_accumulation_steps", str(c.gradient_accumulation_steps),
                 "as given" if given("gradient_accumulation_steps") else
                 f"effective batch {eff} = {c.per_device_train_batch_size} x {c.gradient_accumulation_steps}"
-                f" x {ev.setup.world_size} GPU(s); target {space.target_batch} ({space.target_source})"))
+                f" x {ev.setup.world_size} {'process' if ev.setup.gpu.is_cpu else 'GPU(s)'}; target "
+                f"{space.target_batch} ({space.target_source})"))
 
     # DeepSpeed
     if given("deepspeed_stage") or given("offload"):
         why = "as given"
     elif f.deepspeed_stage == 0:
-        why = ("one GPU: no DeepSpeed needed" if ev.setup.world_size == 1 else
+        why = ("the CPU: one process, no DeepSpeed needed" if ev.setup.gpu.is_cpu else
+               "one GPU: no DeepSpeed needed" if ev.setup.world_size == 1 else
                "plain data parallel (DDP): the model fits on each GPU and the lowest stage is the fastest")
     else:
         alt = _best_of(seen, lambda x: x.family.method == f.method and x.family.deepspeed_stage < f.deepspeed_stage

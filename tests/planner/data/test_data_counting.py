@@ -91,6 +91,22 @@ def test_cache_reuses_and_invalidates(bpe_folder, tmp_path):
     assert not other.cached or list(other.lengths) == list(changed.lengths)  # text data ignores templates
 
 
+def test_a_damaged_cache_entry_is_recounted(bpe_folder, tmp_path, monkeypatch):
+    from planner.data import cache
+
+    monkeypatch.setenv("VRAMPLAN_CACHE", str(tmp_path / "cache"))  # this test's entry alone
+    data = write_jsonl(tmp_path / "a.jsonl", [{"text": "hello world " * (i + 1)} for i in range(10)])
+    spec = spec_for(bpe_folder)
+    first = analyze(DataRequest(data=(str(data),)), spec, progress=False)
+    (entry,) = (cache.cache_dir() / "lengths").glob("*.bin")
+    blob = bytearray(entry.read_bytes())
+    blob[-3] ^= 0x40  # one flipped bit in the largest length
+    entry.write_bytes(bytes(blob))
+    again = analyze(DataRequest(data=(str(data),)), spec, progress=False)
+    assert not again.cached and list(again.lengths) == list(first.lengths)
+    assert again.tokens_total == again.prompt_tokens + again.response_tokens == first.tokens_total
+
+
 def test_render_and_plot(bpe_folder, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "lengths.png"
