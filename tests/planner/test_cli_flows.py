@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,18 +126,23 @@ def test_simulate_agrees_with_the_analytic_model():
 def test_simulate_on_a_plan_with_liger_traces_and_says_what():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    args = ("--model", "Qwen2.5-0.5B", "--gpu", "A100-80G", "--cutoff", "256", "--batch-size", "1", "--simulate")
-    code, obj = plan_json(*args)
-    assert code == 0
-    if not obj["config"]["enable_liger_kernel"]:
+    from rich.console import Console
+
+    from planner.pipeline import run_plan
+
+    tiny = str(Path(__file__).resolve().parents[2] / "profiles" / "tiny")  # a Qwen2 shape Liger supports
+    options = {"cutoff": 256, "batch_size": 1, "simulate": True, "fmt": "table"}
+    report = run_plan(model=tiny, gpu="A100-80G", gpus=None, nodes=1, options=options)
+    if not report.train.use_liger_kernel:
         pytest.skip("liger-kernel is not installed: the plan does not choose it")
-    sim = obj["simulation"]
+    sim = report.to_json()["simulation"]
     assert sim["ok"], sim  # traced, not skipped
     assert "without Liger Kernel" in sim["traced_instead"] and sim["traced_config"]["use_liger_kernel"] is False
     assert abs(sim["peak_tensor_bytes"] - sim["analytic_peak_tensor_bytes"]) <= 0.03 * sim["peak_tensor_bytes"]
-    code, text, _ = plan(*args)
+    console = Console(record=True, width=200)
+    report.sections["simulation"].render(console)
+    text = console.export_text()
     assert text.index("--simulate traced the planned config without Liger") < text.index("Fake-tensor simulation")
-
 
 def test_cutoff_beyond_the_context_is_warned():
     code, obj = plan_json("--model", "Llama-2-7b-hf", "--gpu", "H100", "--cutoff", "16384", "--offline")
