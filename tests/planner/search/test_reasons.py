@@ -68,8 +68,8 @@ def _texts(plan) -> list[str]:
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(model=st.sampled_from(MODELS), card=st.sampled_from(CARDS), count=st.sampled_from([1, 2, 8]),
        pinned=PINS, with_data=st.booleans())
-@example(model="gemma-2-9b", card="RTX3090", count=1, pinned={}, with_data=False)  # QLoRA 1% faster, lost by rule
-@example(model="Qwen3-4B", card="L4", count=1, pinned={}, with_data=False)  # QLoRA 23% faster, lost by rule
+@example(model="Qwen2.5-14B", card="L4", count=2, pinned={}, with_data=False)  # a faster QLoRA lost by the rule
+@example(model="Llama-2-13b-hf", card="RTX4090", count=2, pinned={}, with_data=False)  # same
 @example(model="Qwen2.5-7B", card="RTX4090", count=2, pinned={}, with_data=True)
 def test_speed_words_agree_with_their_figures(model, card, count, pinned, with_data):
     try:
@@ -80,11 +80,22 @@ def test_speed_words_agree_with_their_figures(model, card, count, pinned, with_d
         assert not contradictions(text), text
 
 
+# Setups where the throughput model calls QLoRA faster than the 16-bit winner (the memory model decides
+# which; at least one of them must be such a case for the test to say anything).
+RULE_CASES = [("Qwen2.5-14B", "L4", 2), ("Llama-2-13b-hf", "RTX4090", 2), ("phi-4", "RTX3090", 2),
+              ("Phi-3-medium-4k-instruct", "RTX4090", 2), ("Qwen3-4B", "L4", 1), ("gemma-2-9b", "RTX3090", 1)]
+
+
 def test_a_faster_quantized_runner_up_names_the_rule():
-    plan = search(spec("Qwen3-4B"), setup("L4", 1), None, pinned={})
-    assert not plan.config.quantization_bit
-    q = [c for c in plan.runners_up if c.config.quantization_bit and c.fits]
-    assert q and q[0].tokens_per_s > plan.throughput.tokens_per_s
-    assert "faster" in q[0].why and "1.25x" in q[0].why
-    method = dict((k, w) for k, _, w in plan.reasons)["method"]
-    assert "faster" in method and "1.25x" in method
+    checked = 0
+    for model, card, count in RULE_CASES:
+        plan = search(spec(model), setup(card, count), None, pinned={})
+        q = [c for c in plan.runners_up if c.config.quantization_bit and c.fits
+             and round(c.tokens_per_s) > round(plan.throughput.tokens_per_s)]
+        if plan.config.quantization_bit or not q:
+            continue
+        checked += 1
+        assert "faster" in q[0].why and "1.25x" in q[0].why, q[0].why
+        method = dict((k, w) for k, _, w in plan.reasons)["method"]
+        assert "faster" in method and "1.25x" in method, method
+    assert checked, "no setup left where a faster QLoRA loses by the rule: update RULE_CASES"
