@@ -56,6 +56,19 @@ def predict(row: dict, overheads=None) -> int:
                                           vocab=row["vocab_materialized"])
     return reserved + (oh.cuda_context_bytes if row["kind"] == "device" else 0)
 
+def fms_train_config(row):
+    """The TrainConfig of one fms-acceleration reference row (LoRA r16 on attention, 4096 tokens, fp16)."""
+    from planner.train_config import TrainConfig
+
+    q = 4 if row["method"] == "qlora" else None
+    train = TrainConfig(finetuning_type="lora", quantization_bit=q, dtype="fp16", amp="fp16" if q else None,
+                        cutoff_len=4096, per_device_train_batch_size=row["micro_batch"], lora_rank=16, lora_alpha=16,
+                        lora_dropout=0.0, lora_target=("q_proj", "k_proj", "v_proj", "o_proj"),
+                        gradient_checkpointing=True, attn_implementation="flash_attention_2",
+                        use_liger_kernel=False, optim="adamw_torch",
+                        trainer="peft")  # fms-acceleration trains with HF Trainer + peft: the k-bit upcast
+    return train
+
 
 def end_to_end(row: dict) -> int | None:
     """The whole device peak predicted from the config (tensor model + overheads), or None."""
@@ -64,14 +77,8 @@ def end_to_end(row: dict) -> int | None:
     from planner.gpu_spec import GpuSetup
     from planner.memory import estimate_memory
     from planner.resolve import resolve_model
-    from planner.train_config import TrainConfig
 
-    q = 4 if row["method"] == "qlora" else None
-    train = TrainConfig(finetuning_type="lora", quantization_bit=q, dtype="fp16", amp="fp16" if q else None,
-                        cutoff_len=4096, per_device_train_batch_size=row["micro_batch"], lora_rank=16, lora_alpha=16,
-                        lora_dropout=0.0, lora_target=("q_proj", "k_proj", "v_proj", "o_proj"),
-                        gradient_checkpointing=True, attn_implementation="flash_attention_2",
-                        use_liger_kernel=False, optim="adamw_torch")
+    train = fms_train_config(row)
     setup = GpuSetup(parse_gpu("A100-80G"))
     mb = estimate_memory(resolve_model(row["model"]), train, setup,
                          overheads=default_overheads(setup.gpu, expandable=False))
@@ -164,14 +171,8 @@ def _allocated_of(row: dict) -> int:
     from planner.gpu_spec import GpuSetup
     from planner.memory import estimate_memory
     from planner.resolve import resolve_model
-    from planner.train_config import TrainConfig
 
-    q = 4 if row["method"] == "qlora" else None
-    train = TrainConfig(finetuning_type="lora", quantization_bit=q, dtype="fp16", amp="fp16" if q else None,
-                        cutoff_len=4096, per_device_train_batch_size=row["micro_batch"], lora_rank=16, lora_alpha=16,
-                        lora_dropout=0.0, lora_target=("q_proj", "k_proj", "v_proj", "o_proj"),
-                        gradient_checkpointing=True, attn_implementation="flash_attention_2",
-                        use_liger_kernel=False, optim="adamw_torch")
+    train = fms_train_config(row)
     return estimate_memory(resolve_model(row["model"]), train, GpuSetup(parse_gpu("A100-80G"))).allocated_bytes
 
 
