@@ -46,6 +46,9 @@ def _common(f):
               help="Device calibration to plan with (a `plan calibrate --from-log` output). Default: the one "
                    "for this card and software stack ($VRAMPLAN_HOME/calibration, then profiles/calibration).")
 @click.option("--offline", is_flag=True, help="Never touch the network (same as HF_HUB_OFFLINE=1).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Run the model folder's own Python code to build a model_type transformers does not know "
+                   "(off by default; only for code you trust).")
 @data_options
 @memory_options
 @click.option("--fixed", is_flag=True,

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from planner.config_compat import language_config
 from planner.errors import UserError
+
+if TYPE_CHECKING:
+    from planner.generic import GenericFacts
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class Arch:
     # transformers' config-class defaults for keys a config.json may omit (e.g. Qwen3Config.head_dim=128)
     defaults: tuple[tuple[str, Any], ...] = ()
 
+
+_GENERIC_ARCH = Arch()  # placeholder for families read off the module tree (ModelSpec.generic)
 
 # Each row was checked by tests/planner/test_params.py against sum(p.numel()) of the transformers model.
 ARCHS: dict[str, Arch] = {
@@ -93,11 +99,19 @@ class ModelSpec:
     source: str = "catalog"  # catalog | folder | hub
     source_dir: Path | None = None  # where config.json (and tokenizer files) live, when known
     published_params: int | None = None
+    # Image-text checkpoints: the wrapper's model_type and its vision tower + projector, which training
+    # loads and keeps frozen (LLaMA-Factory: freeze_vision_tower, freeze_multi_modal_projector default
+    # True); 0 when not counted (see `notes`).
+    multimodal: str | None = None
+    vision_params: int = 0
+    # Families outside ARCHS: what the module tree of the transformers model says (planner.generic)
+    generic: GenericFacts | None = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def arch(self) -> Arch:
-        return ARCHS[self.model_type]
+        return ARCHS.get(self.model_type) or _GENERIC_ARCH
 
     @property
     def is_moe(self) -> bool:
@@ -111,13 +125,16 @@ class ModelSpec:
     def from_config(cls, config: dict[str, Any], *, name: str, hub_id: str | None = None,
                     source: str = "catalog", source_dir: Path | None = None,
                     published_params: int | None = None, where: str = "config.json") -> ModelSpec:
-        """Read a config.json dict. `where` names the file for error messages."""
+        """Read a config.json dict (4.x or 5.x keys; an image-text wrapper plans its text_config).
+        `where` names the file for error messages."""
+        config, wrapper = language_config(config)
         model_type = config.get("model_type")
         if model_type not in ARCHS:
             known = ", ".join(sorted(ARCHS))
             raise UserError(
-                f"{where}: model_type {model_type!r} is not supported by the planner yet.",
-                f"Supported model types: {known}.",
+                f"{where}: model_type {model_type!r} has no analytic model in the planner.",
+                f"Analytic model types: {known}. Others are planned from their transformers module tree: "
+                "give --model a folder or hub id (needs the [train] extra).",
             )
         arch = ARCHS[model_type]
         config = {**dict(arch.defaults), **{k: v for k, v in config.items() if v is not None}}
@@ -145,12 +162,13 @@ class ModelSpec:
         moe_inter = shared_inter = top_k = 0
         moe_layers: tuple[int, ...] = ()
         if arch.moe == "mixtral":
-            experts = int(need("num_local_experts"))
+            experts = int(need("num_local_experts", "num_experts"))
             top_k = int(need("num_experts_per_tok"))
             moe_inter = int(need("intermediate_size"))
             moe_layers = tuple(range(layers))
         elif arch.moe in ("qwen2_moe", "qwen3_moe"):
-            experts = int(need("num_experts"))
+            # transformers 5 writes num_local_experts for Qwen3-MoE (4.x: num_experts)
+            experts = int(need("num_experts", "num_local_experts"))
             top_k = int(need("num_experts_per_tok"))
             moe_inter = int(need("moe_intermediate_size"))
             shared_inter = int(config.get("shared_expert_intermediate_size") or 0)
@@ -191,5 +209,6 @@ class ModelSpec:
             source=source,
             source_dir=source_dir,
             published_params=published_params,
+            multimodal=wrapper,
             config=dict(config),
         )

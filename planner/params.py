@@ -101,6 +101,8 @@ def _mlp_linears(spec: ModelSpec, inter: int, layers: int, *, prefix: str = "") 
 
 def linear_layers(spec: ModelSpec) -> tuple[Linear, ...]:
     """Every projection of the decoder layers (lm_head excluded), with counts per model."""
+    if spec.generic is not None:  # read off the module tree (planner.generic)
+        return tuple(Linear(*row) for row in spec.generic.linears)
     out = _attention_linears(spec)
     moe_layers = len(spec.moe_layers)
     out += _mlp_linears(spec, spec.intermediate_size, spec.num_layers - moe_layers)
@@ -118,21 +120,36 @@ def linear_layers(spec: ModelSpec) -> tuple[Linear, ...]:
     return tuple(out)
 
 
+def lora_wraps(spec: ModelSpec, lin: Linear, targets: tuple[str, ...]) -> bool:
+    """Whether peft wraps `lin` for lora target_modules `targets` (("all",) = peft's "all-linear").
+
+    Analytic families: peft matches a target by the module name's last components, and "all-linear"
+    is every nn.Linear of the decoder, lm_head excluded; routed experts are 3-D parameters in
+    transformers 5, not nn.Linear modules. Generic families: what peft itself answered (runner.generic).
+    """
+    targets = tuple(targets)
+    if spec.generic is not None:
+        return lin.module_linear and lin.name in spec.generic.wrapped(targets)
+    if not lin.module_linear:
+        return False
+    if targets == ("all",):
+        return True
+    return any(lin.name == t or lin.name.endswith("." + t) for t in targets)
+
+
 def lora_adapter_params(spec: ModelSpec, rank: int, targets: tuple[str, ...]) -> int:
     """LoRA A and B of every targeted linear: r x (in + out) each (peft LoraLayer: A is r x in, B out x r).
 
-    `targets` holds module names (short, "q_proj", or as listed, "shared_expert.gate_proj") or "all";
-    routed experts are 3-D parameters, not nn.Linear, so "all-linear" skips them.
+    `targets` holds module names (short, "q_proj", or as listed, "shared_expert.gate_proj") or "all".
     """
-    wanted = set(targets)
     return sum(rank * (x.in_features + x.out_features) * x.per_layer * x.layers
-               for x in linear_layers(spec)
-               if x.module_linear and ("all" in wanted or x.name in wanted
-                                       or x.name.rsplit(".", 1)[-1] in wanted))
+               for x in linear_layers(spec) if lora_wraps(spec, x, tuple(targets)))
 
 
 def count_params(spec: ModelSpec) -> ParamCounts:
     """Parameters by group; `.total` equals transformers' sum(p.numel())."""
+    if spec.generic is not None:
+        return ParamCounts(**spec.generic.count)
     h, L, V = spec.hidden_size, spec.num_layers, spec.vocab_size
     linears = linear_layers(spec)
     attention = sum(x.numel for x in linears[: len(_attention_linears(spec))])

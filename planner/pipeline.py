@@ -149,7 +149,7 @@ def _data_stage(spec: ModelSpec, options: dict[str, Any], report: Report):
 
 def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
              options: dict[str, Any]) -> Report:
-    spec, model_note = resolve_model_noted(model)
+    spec, model_note = resolve_model_noted(model, trust_remote_code=bool(options.get("trust_remote_code")))
     setup = resolve_setup(gpu, gpus=gpus, nodes=nodes, host_mem=options.get("host_mem"))
     report = Report(model=spec, params=count_params(spec), params_active=active_params(spec), setup=setup)
     if model_note:

@@ -15,9 +15,11 @@ import json
 from pathlib import Path
 
 from planner.catalog import ModelEntry, closest_models, find_model
+from planner.config_compat import language_config
 from planner.errors import UserError
+from planner.generic import generic_spec, stack_key
 from planner.hub import hub_reachable, offline_requested
-from planner.model_spec import ModelSpec
+from planner.model_spec import ARCHS, ModelSpec
 
 
 def _read_config(path: Path) -> dict:
@@ -32,13 +34,43 @@ def _read_config(path: Path) -> dict:
                         "Fix the file or point --model at another folder.") from None
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a JSON object (a transformers config.json).")
-    # Multimodal wrappers keep the language model's config under text_config.
-    if "text_config" in config and "hidden_size" not in config:
-        config = {**config["text_config"], **{k: v for k, v in config.items() if k == "tie_word_embeddings"}}
+    if not isinstance(config.get("model_type"), str):
+        raise UserError(f"{path}: no model_type, so it is not a transformers config.json.",
+                        "Point --model at the folder of a transformers checkpoint.")
     return config
 
 
-def spec_from_folder(folder: Path, *, source: str = "folder", hub_id: str | None = None) -> ModelSpec:
+def spec_from_config(config: dict, *, name: str, hub_id: str | None = None, source: str = "folder",
+                     source_dir: Path | None = None, where: str = "config.json",
+                     published_params: int | None = None, trust_remote_code: bool = False) -> ModelSpec:
+    """The analytic model when the family has one, else the generic path (planner.generic); an
+    image-text checkpoint plans its language model and counts its vision tower when it can."""
+    lm, wrapper = language_config(config)
+    kwargs = dict(name=name, hub_id=hub_id, source=source, source_dir=source_dir, where=where,
+                  published_params=published_params)
+    if lm.get("model_type") not in ARCHS:
+        return generic_spec(config, trust_remote_code=trust_remote_code, **kwargs)
+    spec = ModelSpec.from_config(config, **kwargs)
+    if wrapper:
+        spec = dataclasses.replace(spec, **vision_of(config, where))
+    return spec
+
+
+def vision_of(config: dict, where: str) -> dict:
+    """{vision_params} of an image-text config counted on the meta device, or {} without torch."""
+    if stack_key() is None:
+        return {}
+    try:
+        from runner.generic import vision_facts
+    except ImportError:
+        return {}
+    facts = vision_facts(config, where=where)
+    return {"vision_params": int(facts.get("params") or 0),
+            "notes": (facts["note"],) if facts.get("note") else ()}
+
+
+def spec_from_folder(folder: Path, *, source: str = "folder", hub_id: str | None = None,
+                     trust_remote_code: bool = False) -> ModelSpec:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise UserError(f"--model {folder}: the folder has no config.json.",
@@ -46,14 +78,14 @@ def spec_from_folder(folder: Path, *, source: str = "folder", hub_id: str | None
                         "(`plan models` lists the catalog).")
     config = _read_config(config_path)
     entry = find_model(hub_id) if hub_id else None
-    return ModelSpec.from_config(
+    return spec_from_config(
         config, name=hub_id.rsplit("/", 1)[-1] if hub_id else folder.resolve().name,
         hub_id=hub_id, source=source, source_dir=folder, where=str(config_path),
-        published_params=entry.spec.published_params if entry else None,
+        published_params=entry.spec.published_params if entry else None, trust_remote_code=trust_remote_code,
     )
 
 
-def _from_hub(repo_id: str) -> tuple[ModelSpec | None, str | None]:
+def _from_hub(repo_id: str, trust_remote_code: bool = False) -> tuple[ModelSpec | None, str | None]:
     """Cached or downloaded config.json of a hub repo; (None, why) when neither works."""
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -61,7 +93,8 @@ def _from_hub(repo_id: str) -> tuple[ModelSpec | None, str | None]:
         return None, "huggingface_hub is not installed"
     cached = try_to_load_from_cache(repo_id, "config.json")
     if isinstance(cached, str):
-        return spec_from_folder(Path(cached).parent, source="hub", hub_id=repo_id), None
+        return spec_from_folder(Path(cached).parent, source="hub", hub_id=repo_id,
+                                trust_remote_code=trust_remote_code), None
     if offline_requested():
         return None, "offline and not in the huggingface_hub cache"
     if not hub_reachable():
@@ -70,15 +103,16 @@ def _from_hub(repo_id: str) -> tuple[ModelSpec | None, str | None]:
         path = hf_hub_download(repo_id, "config.json", etag_timeout=5)
     except Exception as exc:  # network, auth, missing repo: all end in the same fallback
         return None, f"could not fetch config.json ({type(exc).__name__})"
-    return spec_from_folder(Path(path).parent, source="hub", hub_id=repo_id), None
+    return spec_from_folder(Path(path).parent, source="hub", hub_id=repo_id,
+                            trust_remote_code=trust_remote_code), None
 
 
-def resolve_model(name: str) -> ModelSpec:
+def resolve_model(name: str, *, trust_remote_code: bool = False) -> ModelSpec:
     """A folder, a hub id or a catalog name -> ModelSpec; UserError naming the closest catalog entries."""
-    return resolve_model_noted(name)[0]
+    return resolve_model_noted(name, trust_remote_code=trust_remote_code)[0]
 
 
-def resolve_model_noted(name: str) -> tuple[ModelSpec, str | None]:
+def resolve_model_noted(name: str, *, trust_remote_code: bool = False) -> tuple[ModelSpec, str | None]:
     """resolve_model, plus a line to show the user when a catalog entry stands in for what they named."""
     if not name or not name.strip():
         raise UserError("--model is empty.", "Give a catalog name (e.g. Qwen2.5-7B), a hub id or a folder.")
@@ -86,10 +120,10 @@ def resolve_model_noted(name: str) -> tuple[ModelSpec, str | None]:
     if path.exists():
         if path.is_file() and path.name == "config.json":
             path = path.parent
-        return spec_from_folder(path), None
+        return spec_from_folder(path, trust_remote_code=trust_remote_code), None
     why = None
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        spec, why = _from_hub(name)
+        spec, why = _from_hub(name, trust_remote_code)
         if spec is not None:
             return spec, None
     entry = find_model(name)

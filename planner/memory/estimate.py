@@ -84,9 +84,22 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
     ms = model_states(model, train, setup)
     accumulating = train.gradient_accumulation_steps > 1
     act = activation_model(model, train, device, grad_scale=ms.grad_scale, grads_resident=accumulating)
-    # + the rotary embedding's inv_freq and original_inv_freq buffers (fp32, head_dim / 2 each)
-    weights = ms.weights_bytes - ms.quant_constants_bytes + 4 * model.head_dim
-    notes = list(ms.notes)
+    # + the rotary embedding's inv_freq and original_inv_freq buffers (fp32, head_dim / 2 each); the
+    # generic path counted every buffer of the built model
+    buffers = model.generic.buffer_bytes if model.generic is not None else 4 * model.head_dim
+    weights = ms.weights_bytes - ms.quant_constants_bytes + buffers
+    notes = list(ms.notes) + list(model.notes)
+    if model.generic is not None:
+        from planner.generic import activation_key
+
+        notes += activation_key(model, train)[1]
+    if model.vision_params:
+        notes.append(f"{model.multimodal}: the vision tower and projector ({model.vision_params:,} parameters) "
+                     "load with the model and stay frozen (LLaMA-Factory's default); counted in the weights, "
+                     "unquantized; text-only data gives them no activations")
+    elif model.multimodal:
+        notes.append(f"{model.multimodal}: the language model is planned; the vision tower is not counted "
+                     "(install the [train] extra to count it)")
     if train.quantization_bit:
         from planner.trainers import recipe
 
@@ -106,7 +119,7 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
                        for x in linear_layers(model) if x.expert) * 2
     notes[:0] = stack_notes(train.stack, is_moe=model.is_moe, quantized=bool(train.quantization_bit),
                             trainer=train.trainer, expert_bytes_16bit=expert_16bit)
-    if model.is_moe:
+    if model.is_moe and model.generic is None:
         notes.append("MoE: expert activations approximated as one gated MLP of top-k x expert size (not "
                      "checked against the oracles)")
     budget = setup.free_bytes if (setup.detected and setup.free_bytes) else setup.gpu.memory_bytes
@@ -144,6 +157,8 @@ def estimate_memory(model: ModelSpec, train: TrainConfig, setup: GpuSetup, *,
 
     _, facts, flogits = _split(act.forward_head, act.forward_layers, act.saved_layers, tokens, seq)
     bpeak, bacts, blogits = _split(act.backward_head, act.backward_layers, act.saved_layers, tokens, seq)
+    if blogits:  # traced models say which part of the head's backward peak is parameter gradients
+        blogits -= min(blogits, act.backward_head_grads.at(tokens, seq))
     phase_components = {
         "load": {**base, "batch": batch_bytes},
         "forward": {**base, **states, "gradients": st.resident_grads, "batch": batch_bytes,

@@ -15,7 +15,7 @@ from functools import lru_cache
 from planner.errors import UserError
 from planner.memory.weights import DTYPE_BYTES, kbit_adapter_fp32, kbit_upcast
 from planner.model_spec import ModelSpec
-from planner.params import Linear, linear_layers
+from planner.params import linear_layers, lora_wraps
 from planner.train_config import TrainConfig
 
 
@@ -70,21 +70,14 @@ class Shape:
     grads_resident: bool = False  # gradients exist before backward (accumulation): new ones are transients
 
 
-def _is_target(lin: Linear, targets: tuple[str, ...]) -> bool:
-    # peft matches target_modules by the module name's last components ("all-linear" = every nn.Linear
-    # of the decoder, lm_head excluded); routed experts are not nn.Linear modules in transformers 5.
-    if not lin.module_linear:
-        return False
-    if targets == ("all",):
-        return True
-    return any(lin.name == t or lin.name.endswith("." + t) for t in targets)
-
-
 def check_lora_targets(spec: ModelSpec, targets: tuple[str, ...]) -> None:
     if targets == ("all",):
         return
     names = sorted({lin.name.rsplit(".", 1)[-1] for lin in linear_layers(spec) if lin.module_linear})
-    unknown = [t for t in targets if t not in names and not any(n.endswith(t) for n in names)]
+    if spec.generic is not None:  # what peft matched for each name
+        unknown = [t for t in targets if not spec.generic.wrapped((t,))]
+    else:
+        unknown = [t for t in targets if t not in names and not any(n.endswith(t) for n in names)]
     if unknown:
         raise UserError(
             f"--lora-target: {', '.join(unknown)} is not a linear layer of {spec.name}.",
@@ -145,13 +138,13 @@ def layer_shape(spec: ModelSpec, train: TrainConfig, device: str, grad_scale: fl
     attn_lins, mlp_lins = lins[:n_attn], lins[n_attn:]
     names = ("qkv", "o") if n_attn == 2 else ("q", "k", "v", "o")
     attn_projs = tuple(
-        Proj(role, x.in_features, x.out_features, lora and _is_target(x, tuple(train.lora_target)))
+        Proj(role, x.in_features, x.out_features, lora and lora_wraps(spec, x, tuple(train.lora_target)))
         for role, x in zip(names, attn_lins, strict=False)
     )
     dense = [x for x in mlp_lins if not x.name.startswith("shared_expert")][:3]
     mlp_roles = ("gate_up", "down") if len(dense) == 2 else ("gate", "up", "down")
     mlp_projs = tuple(
-        Proj(role, x.in_features, x.out_features, lora and _is_target(x, tuple(train.lora_target)))
+        Proj(role, x.in_features, x.out_features, lora and lora_wraps(spec, x, tuple(train.lora_target)))
         for role, x in zip(mlp_roles, dense, strict=False)
     )
     inter = spec.intermediate_size
@@ -164,7 +157,7 @@ def layer_shape(spec: ModelSpec, train: TrainConfig, device: str, grad_scale: fl
         inter = k * mi + sh
         shared = {x.name.rsplit(".", 1)[-1]: x for x in mlp_lins if x.name.startswith("shared_expert.")}
         def lora_on(name: str) -> bool:
-            return name in shared and lora and _is_target(shared[name], tuple(train.lora_target))
+            return name in shared and lora and lora_wraps(spec, shared[name], tuple(train.lora_target))
         mlp_projs = (
             Proj("gate", h, inter, lora_on("gate_proj"), params=E * h * mi + sh * h + E * h),
             Proj("up", h, inter, lora_on("up_proj"), params=E * h * mi + sh * h),

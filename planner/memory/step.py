@@ -42,6 +42,7 @@ class ActivationModel:
     saved_layers: Lin  # what the layers (and rotary/masks) hold when the head starts
     saved_end_forward: Lin  # everything alive entering backward
     grads_end: Lin  # parameter gradients alive after backward
+    backward_head_grads: Lin = ZERO  # part of backward_head that is parameter gradients (traced models)
 
     @staticmethod
     def _peak(cands: tuple[Lin, ...], tokens: int, seq_len: int) -> int:
@@ -119,6 +120,10 @@ def activation_model(spec: ModelSpec, train: TrainConfig, device: str, *, grad_s
         freeze_trainable_layers=train.freeze_trainable_layers, attn_implementation=train.attn_implementation,
         gradient_checkpointing=train.gradient_checkpointing, use_liger_kernel=train.use_liger_kernel,
         deepspeed_stage=1 if train.deepspeed_stage else 0, trainer=train.trainer)
+    if spec.generic is not None:  # no recipes for this family: fitted fake-tensor traces
+        from planner.generic import generic_activation_model
+
+        return generic_activation_model(spec, train, grad_scale)
     return _activation_model(spec, key, device, grad_scale, grads_resident)
 
 

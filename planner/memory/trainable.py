@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.errors import UserError
-from planner.memory.shape import _is_target, check_lora_targets
+from planner.memory.shape import check_lora_targets
 from planner.memory.weights import DTYPE_BYTES, kbit_adapter_fp32
 from planner.model_spec import ModelSpec
-from planner.params import count_params, linear_layers
+from planner.params import count_params, linear_layers, lora_wraps
 from planner.train_config import OPTIMIZERS, TrainConfig
 from planner.trainers import DEFAULT_TRAINER
 
@@ -47,7 +47,7 @@ def _lora_tensors(spec: ModelSpec, train: TrainConfig) -> list[tuple[int, int]]:
     out = []
     r = train.lora_rank
     for lin in linear_layers(spec):
-        if not _is_target(lin, tuple(train.lora_target)):
+        if not lora_wraps(spec, lin, tuple(train.lora_target)):
             continue
         n = lin.per_layer * lin.layers
         out += [(r * lin.in_features, n), (lin.out_features * r, n)]
@@ -58,6 +58,8 @@ def _lora_tensors(spec: ModelSpec, train: TrainConfig) -> list[tuple[int, int]]:
 
 def _layer_tensors(spec: ModelSpec, layer: int) -> list[tuple[int, int]]:
     """(numel, count) of decoder layer `layer`'s parameters."""
+    if spec.generic is not None:
+        return list(spec.generic.kind_tensors[spec.generic.layer_kinds[layer]])
     out = []
     moe = layer in set(spec.moe_layers)
     for lin in linear_layers(spec):
@@ -81,6 +83,8 @@ def _layer_tensors(spec: ModelSpec, layer: int) -> list[tuple[int, int]]:
 
 
 def _all_tensors(spec: ModelSpec) -> list[tuple[int, int]]:
+    if spec.generic is not None:
+        return list(spec.generic.tensors)
     out = [(spec.vocab_size * spec.hidden_size, 1), (spec.hidden_size, 1)]  # embeddings, final norm
     if not spec.tie_word_embeddings:
         out.append((spec.vocab_size * spec.hidden_size, 1))

@@ -87,14 +87,21 @@ def weight_bytes(spec: ModelSpec, train: TrainConfig) -> WeightBytes:
 def _weight_bytes(spec: ModelSpec, bits: int, double_quant: bool, fbytes: int,
                   experts_quantized: bool = False) -> WeightBytes:
     counts = count_params(spec)
+    # An image-text checkpoint's vision tower and projector load with it and stay frozen; counted in the
+    # float dtype (not quantized: an upper bound when bitsandbytes would quantize their linears too).
+    vision = spec.vision_params * fbytes
     if not bits:
-        return WeightBytes(0, 0, counts.total * fbytes, fbytes)
+        return WeightBytes(0, 0, counts.total * fbytes + vision, fbytes)
     quantized = constants = 0
     quantized_numel = 0
+    # Generic families: the linears transformers' bitsandbytes integration replaces (runner.generic)
+    chosen = set(spec.generic.quantized) if spec.generic is not None else None
     for lin in linear_layers(spec):
         # transformers 5's routed experts are 3-D parameters that bitsandbytes leaves alone; transformers 4
         # keeps one nn.Linear per expert, which it quantizes (planner.stack)
         if not lin.module_linear and not (experts_quantized and lin.expert):
+            continue
+        if chosen is not None and lin.name not in chosen:
             continue
         tensors = lin.per_layer * lin.layers
         per_tensor = lin.in_features * lin.out_features
@@ -106,4 +113,4 @@ def _weight_bytes(spec: ModelSpec, bits: int, double_quant: bool, fbytes: int,
             packed, const = nf4_bytes(per_tensor, double_quant)
             quantized += packed * tensors
             constants += const * tensors
-    return WeightBytes(quantized, constants, (counts.total - quantized_numel) * fbytes, fbytes)
+    return WeightBytes(quantized, constants, (counts.total - quantized_numel) * fbytes + vision, fbytes)

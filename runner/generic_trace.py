@@ -1,0 +1,214 @@
+"""Activation terms of any causal LM from fake-tensor traces of a shortened copy.
+
+The full model is built on the meta device; a shortened copy keeps one decoder layer of each distinct
+kind (runner.generic.layer_kinds: full / sliding / chunked / linear attention, dense / MoE, ...), and
+one more copy per kind adds one more layer of that kind. Each copy is traced with fake tensors (the
+StorageTracker of runner.accounting under FakeTensorMode, as runner.simulate) at two sequence lengths
+(three for eager attention, whose s x s scores are fitted on their own). Per phase, the bytes above
+the model states are
+
+    Q_full(s) = Q_base(s) + sum_k (n_k - 1) * (Q_base+k(s) - Q_base(s))
+
+(n_k layers of kind k in the full model), then fitted as Lin(tok, tok_s, const) in the tokens of a
+batch: exact while a phase's peak sits where every layer's saved tensors are alive (the head, or the
+recompute of one layer under checkpointing), which is where it sits in a decoder's step.
+
+    >>> fit_activations(lm_config, facts, {"method": "lora", "dtype": "bf16", "gc": True, "attn": "sdpa", ...})
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from fractions import Fraction
+from typing import Any
+
+from planner.train_config import TrainConfig
+
+_PERSISTENT = ("weights", "trainable", "inputs", "optimizer_state", "other")
+LENGTHS = (256, 512, 1024)
+
+
+def lengths_for(attn: str, window: int | None) -> tuple[int, ...]:
+    """Trace lengths: below any sliding window (where a mask would appear), three for eager."""
+    n = 3 if attn == "eager" else 2
+    cap = window if isinstance(window, int) and window >= 64 else None
+    out = [s for s in LENGTHS if cap is None or s <= cap]
+    if len(out) < n:  # a short window: lengths below it
+        out = [max(8, cap // (2 ** j)) for j in range(n)][::-1] if cap else list(LENGTHS)
+    return tuple(out[:n])
+
+
+def _train(key: dict[str, Any]) -> TrainConfig:
+    return TrainConfig(finetuning_type=key["method"], dtype=key["dtype"], amp=key.get("amp"),
+                       lora_rank=int(key.get("lora_rank", 8)), lora_dropout=float(key.get("lora_dropout", 0.0)),
+                       lora_target=tuple(key.get("lora_target", ("all",))), use_dora=bool(key.get("dora", False)),
+                       gradient_checkpointing=bool(key["gc"]), attn_implementation=key["attn"],
+                       gradient_accumulation_steps=1, optim="adamw_torch_fused")
+
+
+def shortened(model, prefix: str, keep: list[int]):
+    """A deep copy of meta `model` with only decoder layers `keep` (in order), config lists that run
+    per layer (layer_types, ...) sliced to match, and each kept layer renumbered."""
+    import torch
+
+    parent_path, _, attr = prefix.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    full = getattr(parent, attr)
+    setattr(parent, attr, torch.nn.ModuleList([full[i] for i in keep]))
+    try:
+        out = copy.deepcopy(model)
+    finally:
+        setattr(parent, attr, full)
+    n = len(full)
+    configs = {id(m.config): m.config for m in out.modules() if hasattr(m, "config") and
+               hasattr(m.config, "num_hidden_layers")}
+    for cfg in configs.values():
+        if getattr(cfg, "num_hidden_layers", None) != n:
+            continue
+        for k, v in list(vars(cfg).items()):
+            if isinstance(v, (list, tuple)) and len(v) == n and not k.startswith("_"):
+                setattr(cfg, k, type(v)(v[i] for i in keep))
+        cfg.num_hidden_layers = len(keep)
+    for pos, layer in enumerate(getattr(out.get_submodule(parent_path) if parent_path else out, attr)):
+        for m in layer.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = pos
+    return out
+
+
+def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, seq_len: int, vocab: int) -> dict:
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from runner.accounting import run_tracked
+    from runner.build import _apply_lora, enable_checkpointing, make_batch
+    from runner.simulate import _to_fake
+
+    model = shortened(model_meta, prefix, keep)
+    first = model.get_submodule(prefix)[0]  # peft wraps modules in place: the same object after LoRA
+    if train.gradient_checkpointing:
+        enable_checkpointing(model)
+    if train.finetuning_type == "full":
+        model.requires_grad_(True)
+    else:
+        model.requires_grad_(False)
+        model = _apply_lora(model, train)
+    fake_mode = FakeTensorMode()
+    _to_fake(model, fake_mode, torch.device("cpu"))
+    with fake_mode:
+        batch = make_batch(vocab, 1, seq_len, attention_mask=False)
+        tracker = _run(model, train, batch, first)
+    return _terms(tracker)
+
+
+def _run(model, train: TrainConfig, batch: dict, first_layer):
+    """One warm-started step under a StorageTracker (as runner.accounting.run_tracked), with one more
+    mark: "tail", when the gradient of the first decoder layer's output arrives. The tail (that layer's
+    backward, then the embeddings') is where full fine-tuning of a deep model peaks, with nearly every
+    layer's gradients alive: a second backward candidate, linear in the layers like the first."""
+    from runner.accounting import _warm_start, make_tracker
+    from runner.step import make_optimizer, train_step
+
+    optimizer, _ = make_optimizer(model, train)
+    tracker = make_tracker(model, optimizer, checkpointing=train.gradient_checkpointing)
+    tracker.register_model(batch)
+    _warm_start(model, optimizer, accumulate=False)
+    tracker.register_warm_state()
+
+    def on_grad(_grad) -> None:
+        if tracker.phase == "backward":
+            tracker.mark("tail")
+
+    def on_output(_module, _args, output) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if getattr(out, "requires_grad", False) and tracker.phase == "forward":
+            out.register_hook(on_grad)
+
+    handle = first_layer.register_forward_hook(on_output)
+    try:
+        with tracker:
+            train_step(model, optimizer, [batch], train, mark=tracker.mark)
+    finally:
+        handle.remove()
+    return tracker
+
+
+def _terms(tracker) -> dict[str, int]:
+    """Bytes above the model states at each phase's peak, gradients apart."""
+    def above(phase: str) -> tuple[int, int]:
+        if (1, phase) not in tracker.peaks:
+            return 0, 0
+        total, tick = tracker.peaks[(1, phase)]
+        cats = tracker.categories_at(tick)
+        return total - sum(cats[c] for c in _PERSISTENT) - cats["gradients"], cats["gradients"]
+
+    fwd, _ = above("forward")
+    bwd, bwd_grads = above("backward")
+    tail, tail_grads = above("tail")
+    _, end_grads = above("optimizer")
+    return {"forward": fwd, "backward": bwd, "backward_grads": bwd_grads, "tail": tail,
+            "tail_grads": tail_grads, "grads_end": end_grads, "saved": tracker.saved.get(1, 0)}
+
+
+def _solve(xs: list[int], ys: list[int]) -> list[float]:
+    """[tok, tok_s, const] through (s, y) points: y = tok*s + const (two) or + tok_s*s^2 (three)."""
+    if len(xs) == 2:
+        (s1, s2), (y1, y2) = xs, ys
+        a = Fraction(y2 - y1, s2 - s1)
+        return [float(a), 0.0, float(y1 - a * s1)]
+    (s1, s2, s3), (y1, y2, y3) = xs, ys
+    # divided differences of a quadratic
+    d1, d2 = Fraction(y2 - y1, s2 - s1), Fraction(y3 - y2, s3 - s2)
+    b = (d2 - d1) / (s3 - s1)
+    a = d1 - b * (s1 + s2)
+    return [float(a), float(b), float(y1 - a * s1 - b * s1 * s1)]
+
+
+def fit_activations(config: dict[str, Any], facts, key: dict[str, Any]) -> dict[str, Any]:
+    """Fitted activation terms of `key` (a training configuration) for the language model `config`
+    (planner.generic.activation_fit reads the result; each value is [tok, tok_s, const, seq])."""
+    from runner.generic import build_config, build_meta, decoder_layers
+    from runner.simulate import _unpadded_sdpa
+
+    started = time.perf_counter()
+    train = _train(key)
+    attn = key["attn"]
+    notes = []
+    if attn == "flash_attention_2":
+        notes.append("flash_attention_2 traced as sdpa (the CPU flash kernel saves the same tensors)")
+        attn = "sdpa"
+    cfg = build_config(config, where=str(config.get("model_type")))
+    impl = _unpadded_sdpa() if attn == "sdpa" else attn
+    try:
+        model = build_meta(cfg, dtype=train.dtype, attn=impl)
+    except (ValueError, ImportError) as exc:  # the class has no sdpa: transformers' own fallback is eager
+        notes.append(f"{attn} not supported by this model ({exc}); traced with eager")
+        attn, impl = "eager", "eager"
+        model = build_meta(cfg, dtype=train.dtype, attn=impl)
+    kinds = list(facts.layer_kinds)
+    prefix, _ = decoder_layers(model, len(kinds))
+    first: dict[int, int] = {}
+    second: dict[int, int] = {}
+    for i, k in enumerate(kinds):
+        if k not in first:
+            first[k] = i
+        elif k not in second:
+            second[k] = i
+    base = sorted(first.values())
+    subsets = {"base": base, **{k: sorted([*base, i]) for k, i in second.items()}}
+    counts = {k: kinds.count(k) for k in first}
+    lengths = lengths_for(attn, getattr(cfg, "sliding_window", None))
+    vocab = int(getattr(cfg, "vocab_size"))
+    traced = {name: {s: _trace(model, prefix, keep, train, s, vocab) for s in lengths}
+              for name, keep in subsets.items()}
+    out: dict[str, Any] = {}
+    for q in ("forward", "backward", "backward_grads", "tail", "tail_grads", "grads_end", "saved"):
+        ys = []
+        for s in lengths:
+            y0 = traced["base"][s][q]
+            ys.append(y0 + sum((counts[k] - 1) * (traced[k][s][q] - y0) for k in second))
+        out[q] = [*_solve(list(lengths), ys), 0.0]
+    out.update(lengths=list(lengths), traces=len(subsets) * len(lengths), layers_traced=len(base) + 1,
+               attn=attn, seconds=round(time.perf_counter() - started, 2), notes=notes)
+    return out
