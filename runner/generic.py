@@ -122,23 +122,37 @@ def build_meta(cfg, *, dtype: str = "bf16", attn: str | None = None, trust_remot
 
 
 def decoder_layers(model, num_layers: int):
-    """(dotted path, ModuleList) of the decoder layers: the largest ModuleList of num_layers blocks."""
+    """(dotted path, ModuleList) of the decoder layers: the ModuleList of num_layers blocks holding the most
+    parameters, else (a config whose layer count means something else) the ModuleList holding the most."""
     import torch
 
-    best = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == num_layers and num_layers:
-            size = sum(p.numel() for p in mod.parameters())
-            if best is None or size > best[2]:
-                best = (name, mod, size)
-    if best is None:
-        raise UserError(f"{type(model).__name__}: no list of {num_layers} decoder layers found in the module tree.")
-    return best[0], best[1]
+    lists = [(sum(p.numel() for p in mod.parameters()), len(mod) == num_layers, name, mod)
+             for name, mod in model.named_modules() if isinstance(mod, torch.nn.ModuleList) and len(mod)]
+    exact = [x for x in lists if x[1]]
+    pool = exact or lists
+    if not pool:
+        raise UserError(f"{type(model).__name__}: no list of decoder layers found in the module tree.")
+    best = max(pool, key=lambda x: x[0])
+    return best[2], best[3]
+
+
+def per_layer_lists(cfg, n: int) -> dict[str, list]:
+    """Config lists with one entry per layer (layer_types, no_rope_layers, ...); lists of layer indices
+    (moe_layers = [0, 1, ...]) that merely have n entries are not per-layer values."""
+    out = {}
+    for k, v in vars(cfg).items():
+        if k.startswith("_") or not isinstance(v, (list, tuple)) or len(v) != n:
+            continue
+        if n > 1 and all(isinstance(x, int) and not isinstance(x, bool) for x in v) \
+                and all(a < b for a, b in zip(v, v[1:], strict=False)):
+            continue
+        out[k] = list(v)
+    return out
 
 
 def _num_experts(cfg) -> int:
     for key in _EXPERT_KEYS:
-        v = getattr(cfg, key, None)
+        v = _attr(cfg, key)
         if isinstance(v, int) and v > 0:
             return v
     return 0
@@ -174,8 +188,7 @@ def _layer_signature(layer, extra: tuple) -> str:
 def layer_kinds(cfg, layers) -> tuple[list[int], list[str]]:
     """Kind index per layer: same classes, parameter shapes and per-layer config entries (layer_types)."""
     n = len(layers)
-    per_layer = {k: v for k, v in vars(cfg).items() if isinstance(v, (list, tuple)) and len(v) == n
-                 and not k.startswith("_")}
+    per_layer = per_layer_lists(cfg, n)
     sigs, names, kinds = {}, [], []
     for i, layer in enumerate(layers):
         extra = tuple((k, str(v[i])) for k, v in sorted(per_layer.items()))
@@ -213,7 +226,7 @@ def model_facts(model, cfg) -> dict[str, Any]:
     import torch
 
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    num_layers = int(getattr(text_cfg, "num_hidden_layers", 0) or 0)
+    num_layers = int(_attr(text_cfg, "num_hidden_layers") or 0)
     prefix, layers = decoder_layers(model, num_layers)
     experts = _num_experts(text_cfg)
     input_ids = {id(p) for p in model.get_input_embeddings().parameters()}
@@ -290,8 +303,15 @@ def _kinds(cfg, layers) -> dict[str, Any]:
     return {"layer_kinds": kinds, "kind_names": names, "kind_tensors": [per_kind[k] for k in range(len(names))]}
 
 
+def _attr(cfg, key: str):
+    try:
+        return getattr(cfg, key, None)
+    except Exception:  # per-layer configs refuse a global read of what varies by layer
+        return None
+
+
 def _dims(cfg, experts: int) -> dict[str, Any]:
-    out = {k: getattr(cfg, k, None) for k in _DIMS}
+    out = {k: _attr(cfg, k) for k in _DIMS}
     out["num_experts"] = experts
     if not out.get("head_dim") and out.get("hidden_size") and out.get("num_attention_heads"):
         out["head_dim"] = out["hidden_size"] // out["num_attention_heads"]
@@ -330,13 +350,14 @@ def vision_facts(config: dict[str, Any], *, where: str) -> dict[str, Any]:
     """Parameters of an image-text checkpoint outside its language model (vision tower, projector):
     the whole wrapper built on the meta device, minus its decoder and output embeddings."""
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     kwargs = {k: v for k, v in config.items() if k not in _FILE_KEYS}
+    auto = AutoModelForCausalLM if config["model_type"] in _causal_types() else AutoModelForImageTextToText
     try:
         cfg = AutoConfig.for_model(config["model_type"], **kwargs)
         with torch.device("meta"):
-            model = AutoModelForImageTextToText.from_config(cfg)
+            model = auto.from_config(cfg)
     except Exception as exc:  # the language model still plans; say why the tower is not counted
         return {"params": 0, "note": f"vision tower not counted ({type(exc).__name__}: {exc})"}
     total = {id(p): p.numel() for p in model.parameters()}

@@ -60,15 +60,15 @@ def shortened(model, prefix: str, keep: list[int]):
         out = copy.deepcopy(model)
     finally:
         setattr(parent, attr, full)
+    from runner.generic import per_layer_lists
+
     n = len(full)
-    configs = {id(m.config): m.config for m in out.modules() if hasattr(m, "config") and
-               hasattr(m.config, "num_hidden_layers")}
+    configs = {id(m.config): m.config for m in out.modules() if hasattr(m, "config")}
     for cfg in configs.values():
-        if getattr(cfg, "num_hidden_layers", None) != n:
+        if vars(cfg).get("num_hidden_layers") != n:
             continue
-        for k, v in list(vars(cfg).items()):
-            if isinstance(v, (list, tuple)) and len(v) == n and not k.startswith("_"):
-                setattr(cfg, k, type(v)(v[i] for i in keep))
+        for k, v in per_layer_lists(cfg, n).items():
+            setattr(cfg, k, [v[i] for i in keep])
         cfg.num_hidden_layers = len(keep)
     for pos, layer in enumerate(getattr(out.get_submodule(parent_path) if parent_path else out, attr)):
         for m in layer.modules():
@@ -81,7 +81,6 @@ def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, seq_len
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from runner.accounting import run_tracked
     from runner.build import _apply_lora, enable_checkpointing, make_batch
     from runner.simulate import _to_fake
 
@@ -199,7 +198,7 @@ def fit_activations(config: dict[str, Any], facts, key: dict[str, Any]) -> dict[
     subsets = {"base": base, **{k: sorted([*base, i]) for k, i in second.items()}}
     counts = {k: kinds.count(k) for k in first}
     lengths = lengths_for(attn, getattr(cfg, "sliding_window", None))
-    vocab = int(getattr(cfg, "vocab_size"))
+    vocab = int(cfg.vocab_size)
     traced = {name: {s: _trace(model, prefix, keep, train, s, vocab) for s in lengths}
               for name, keep in subsets.items()}
     out: dict[str, Any] = {}
