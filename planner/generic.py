@@ -26,7 +26,7 @@ from typing import Any
 from planner.errors import UserError
 
 # Version of the cached JSON layout: bump when runner.generic writes something new.
-FACTS_VERSION = 4
+FACTS_VERSION = 5
 _EXTRA = "pip install 'vramplan[train]'"
 
 
@@ -43,6 +43,9 @@ class GenericFacts:
     quantized: tuple[str, ...]  # linears bitsandbytes replaces (transformers' own skip rules)
     lora_all: tuple[str, ...]  # linears peft wraps for target_modules="all-linear"
     lora_by_name: tuple[tuple[str, tuple[str, ...]], ...]  # target name -> linears peft wraps for it
+    # (numel at rank 1, count) of the adapter tensors get_peft_model makes for "all-linear" (experts and
+    # routers included where peft wraps them)
+    lora_all_tensors: tuple[tuple[int, int], ...]
     tensors: tuple[tuple[int, int], ...]  # (numel, count) of every parameter tensor (tied ones once)
     layer_kinds: tuple[int, ...]  # per decoder layer: index into kind_tensors / kind_names
     kind_names: tuple[str, ...]
@@ -76,6 +79,7 @@ class GenericFacts:
             linears=tuple(tuple(x) for x in d["linears"]), quantized=tuple(d["quantized"]),
             lora_all=tuple(d["lora_all"]),
             lora_by_name=tuple((k, tuple(v)) for k, v in sorted(d["lora_by_name"].items())),
+            lora_all_tensors=tuple((int(n), int(c)) for n, c in d["lora_all_tensors"]),
             tensors=tuple((int(n), int(c)) for n, c in d["tensors"]), layer_kinds=tuple(d["layer_kinds"]),
             kind_names=tuple(d["kind_names"]),
             kind_tensors=tuple(tuple((int(n), int(c)) for n, c in k) for k in d["kind_tensors"]),

@@ -142,6 +142,8 @@ def lora_adapter_params(spec: ModelSpec, rank: int, targets: tuple[str, ...]) ->
 
     `targets` holds module names (short, "q_proj", or as listed, "shared_expert.gate_proj") or "all".
     """
+    if spec.generic is not None and tuple(targets) == ("all",):
+        return sum(rank * n * c for n, c in spec.generic.lora_all_tensors)
     return sum(rank * (x.in_features + x.out_features) * x.per_layer * x.layers
                for x in linear_layers(spec) if lora_wraps(spec, x, tuple(targets)))
 

@@ -285,6 +285,7 @@ def model_facts(model, cfg) -> dict[str, Any]:
         **_peft_targets(model, key_pattern),
         "tensors": sorted(tensors.items()),
         **_kinds(text_cfg, layers),
+        "lora_all_tensors": _peft_all_linear(model, prefix, layer_kinds(text_cfg, layers)[0]),
         "moe_layers": [i for i, layer in enumerate(layers)
                        if any(p.dim() == 3 or ".experts." in f".{n}." for n, p in layer.named_parameters())],
         "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers()),
@@ -344,6 +345,36 @@ def _peft_targets(model, key_pattern: dict[str, str]) -> dict[str, Any]:
         one = LoraConfig(target_modules=[leaf])
         by_name[leaf] = sorted({rel for name, rel in key_pattern.items() if check_target_module_exists(one, name)})
     return {"lora_all": sorted(lora_all), "lora_by_name": by_name}
+
+
+def _peft_all_linear(model, prefix: str, kinds: list[int]) -> list[list[int]]:
+    """(numel at rank 1, count) of every adapter tensor peft creates for target_modules="all-linear" on the
+    whole model: peft applied to a copy with one layer of each kind (its own rules, including what it
+    does for transformers 5 fused experts and routers), each kind's tensors times its layer count.
+    LoRA A is [r, in] and B [out, r] (fused experts: [r * E, in] / [out, r * E]): linear in r."""
+    from peft import LoraConfig, get_peft_model
+
+    from runner.generic_trace import shortened
+
+    first: dict[int, int] = {}
+    for i, k in enumerate(kinds):
+        first.setdefault(k, i)
+    keep = sorted(first.values())
+    copy = shortened(model, prefix, keep)
+    layer_kind = {pos: kinds[i] for pos, i in enumerate(keep)}
+    peft_model = get_peft_model(copy, LoraConfig(r=1, lora_alpha=1, target_modules="all-linear"))
+    out: Counter = Counter()
+    mark = f"{prefix}."
+    for name, p in peft_model.named_parameters():
+        if not p.requires_grad or "lora_" not in name:
+            continue
+        rest = name.split(mark, 1)[1] if mark in name else None
+        times = 1
+        if rest is not None and rest.split(".", 1)[0].isdigit():
+            kind = layer_kind[int(rest.split(".", 1)[0])]
+            times = kinds.count(kind)
+        out[p.numel()] += times
+    return sorted([n, c] for n, c in out.items())
 
 
 def vision_facts(config: dict[str, Any], *, where: str) -> dict[str, Any]:

@@ -44,8 +44,10 @@ class TrainableState:
 def _lora_tensors(spec: ModelSpec, train: TrainConfig) -> list[tuple[int, int]]:
     """(numel, count) of the adapter tensors: lora_A [r, in], lora_B [out, r], DoRA magnitude [out]."""
     check_lora_targets(spec, tuple(train.lora_target))
-    out = []
     r = train.lora_rank
+    if spec.generic is not None and tuple(train.lora_target) == ("all",) and not train.use_dora:
+        return [(n * r, c) for n, c in spec.generic.lora_all_tensors]  # what get_peft_model made
+    out = []
     for lin in linear_layers(spec):
         if not lora_wraps(spec, lin, tuple(train.lora_target)):
             continue
