@@ -26,7 +26,7 @@ from typing import Any
 from planner.train_config import TrainConfig
 
 _PERSISTENT = ("weights", "trainable", "inputs", "optimizer_state", "other")
-LENGTHS = (256, 512, 1024)
+LENGTHS = (128, 256, 512)  # fake tensors cost the same at any length; loops over chunks do not
 
 
 def lengths_for(attn: str, window: int | None) -> tuple[int, ...]:
@@ -78,7 +78,9 @@ def shortened(model, prefix: str, keep: list[int]):
     return out
 
 
-def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, seq_len: int, vocab: int) -> dict:
+def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, lengths: tuple[int, ...],
+           vocab: int) -> dict[int, dict]:
+    """Terms of the shortened copy keeping layers `keep`, one traced step per length (one build)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -96,25 +98,29 @@ def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, seq_len
         model = _apply_lora(model, train)
     fake_mode = FakeTensorMode()
     _to_fake(model, fake_mode, torch.device("cpu"))
-    with fake_mode:
-        batch = make_batch(vocab, 1, seq_len, attention_mask=False)
-        tracker = _run(model, train, batch, first)
-    return _terms(tracker)
+    out = {}
+    for seq_len in lengths:
+        with fake_mode:
+            batch = make_batch(vocab, 1, seq_len, attention_mask=False)
+            out[seq_len] = _terms(_run(model, train, batch, first))
+        for p in model.parameters():
+            p.grad = None  # each length starts from the same state
+    return out
 
 
 def _run(model, train: TrainConfig, batch: dict, first_layer):
-    """One warm-started step under a StorageTracker (as runner.accounting.run_tracked), with one more
-    mark: "tail", when the gradient of the first decoder layer's output arrives. The tail (that layer's
-    backward, then the embeddings') is where full fine-tuning of a deep model peaks, with nearly every
-    layer's gradients alive: a second backward candidate, linear in the layers like the first."""
-    from runner.accounting import _warm_start, make_tracker
-    from runner.step import make_optimizer, train_step
+    """Forward and backward of one micro-batch under a StorageTracker (runner.accounting), without the
+    optimizer step: only the bytes above the model states are kept, so the states need not exist.
 
-    optimizer, _ = make_optimizer(model, train)
-    tracker = make_tracker(model, optimizer, checkpointing=train.gradient_checkpointing)
+    One more mark, "tail", when the gradient of the first decoder layer's output arrives: the tail (that
+    layer's backward, then the embeddings') is where full fine-tuning of a deep model peaks, with nearly
+    every layer's gradients alive: a second backward candidate, linear in the layers like the first."""
+    from runner.accounting import make_tracker
+    from runner.step import forward_loss
+
+    tracker = make_tracker(model, None, checkpointing=train.gradient_checkpointing)
     tracker.register_model(batch)
-    _warm_start(model, optimizer, accumulate=False)
-    tracker.register_warm_state()
+    tracker.phase = "warm"  # the next mark("forward") starts step 1
 
     def on_grad(_grad) -> None:
         if tracker.phase == "backward":
@@ -128,7 +134,12 @@ def _run(model, train: TrainConfig, batch: dict, first_layer):
     handle = first_layer.register_forward_hook(on_output)
     try:
         with tracker:
-            train_step(model, optimizer, [batch], train, mark=tracker.mark)
+            tracker.mark("forward")
+            loss = forward_loss(model, batch, train)
+            tracker.mark("backward")
+            loss.backward()
+            del loss
+            tracker.mark("optimizer")  # counts the .grad tensors as gradients
     finally:
         handle.remove()
     return tracker
@@ -201,8 +212,7 @@ def fit_activations(config: dict[str, Any], facts, key: dict[str, Any]) -> dict[
     lengths = lengths_for(attn, getattr(cfg, "sliding_window", None))
     vocab = int(cfg.vocab_size)
     try:
-        traced = {name: {s: _trace(model, prefix, keep, train, s, vocab) for s in lengths}
-                  for name, keep in subsets.items()}
+        traced = {name: _trace(model, prefix, keep, train, lengths, vocab) for name, keep in subsets.items()}
     except RuntimeError as exc:
         if train.dtype == "bf16":
             raise
@@ -211,8 +221,7 @@ def fit_activations(config: dict[str, Any], facts, key: dict[str, Any]) -> dict[
         notes.append(f"traced with bf16 weights instead of {train.dtype} ({str(exc).splitlines()[0][:120]})")
         train = train.with_(dtype="bf16", amp=None)
         model = build_meta(cfg, dtype="bf16", attn=impl)
-        traced = {name: {s: _trace(model, prefix, keep, train, s, vocab) for s in lengths}
-                  for name, keep in subsets.items()}
+        traced = {name: _trace(model, prefix, keep, train, lengths, vocab) for name, keep in subsets.items()}
     out: dict[str, Any] = {}
     for q in ("forward", "backward", "backward_grads", "tail", "tail_grads", "grads_end", "saved"):
         ys = []

@@ -207,8 +207,13 @@ def activations_per_1k_tokens(spec: ModelSpec, train: TrainConfig, setup: GpuSet
     sequence of `seq_len`, plain / checkpointed / Liger / both: the "GB per 1K tokens" rule of thumb."""
     s = max(1, seq_len or train.cutoff_len)
     out = {}
-    for name, liger, gc in (("plain", False, False), ("grad_ckpt", False, True), ("liger", True, False),
-                            ("liger_grad_ckpt", True, True)):
+    variants = (("plain", False, False), ("grad_ckpt", False, True), ("liger", True, False),
+                ("liger_grad_ckpt", True, True))
+    if spec.generic is not None:
+        # each variant is a fake-tensor trace of its own (seconds, cold): only the configuration asked
+        # for, and Liger is not modeled for these families
+        variants = tuple(v for v in variants if v[2] == train.gradient_checkpointing and not v[1])
+    for name, liger, gc in variants:
         t = train.with_(use_liger_kernel=liger, gradient_checkpointing=gc, per_device_train_batch_size=1,
                         cutoff_len=s, gradient_accumulation_steps=1)
         mb = estimate_memory(spec, t, setup)
