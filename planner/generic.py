@@ -26,7 +26,7 @@ from typing import Any
 from planner.errors import UserError
 
 # Version of the cached JSON layout: bump when runner.generic writes something new.
-FACTS_VERSION = 5
+FACTS_VERSION = 6
 _EXTRA = "pip install 'vramplan[train]'"
 
 
@@ -276,6 +276,7 @@ def generic_activation_model(spec, train, grad_scale: float = 1.0):
     end = Lin(*fit["grads_end"]) * grad_scale
     backward = Lin(*fit["backward"]) + grads
     tail = Lin(*fit["tail"]) + Lin(*fit["tail_grads"]) * grad_scale
+    windows = tuple(Lin(*w["act"]) + Lin(*w["grads"]) * grad_scale for w in fit.get("windows", ()))
     return ActivationModel(forward_layers=(), forward_head=(forward,), backward_head=(backward,),
-                           backward_layers=(tail, end), saved_layers=saved, saved_end_forward=saved,
+                           backward_layers=(tail, end, *windows), saved_layers=saved, saved_end_forward=saved,
                            grads_end=end, backward_head_grads=grads)

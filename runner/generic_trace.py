@@ -88,7 +88,7 @@ def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, lengths
     from runner.simulate import _to_fake
 
     model = shortened(model_meta, prefix, keep)
-    first = model.get_submodule(prefix)[0]  # peft wraps modules in place: the same object after LoRA
+    layers = list(model.get_submodule(prefix))  # peft wraps modules in place: the same objects after LoRA
     if train.gradient_checkpointing:
         enable_checkpointing(model)
     if train.finetuning_type == "full":
@@ -102,19 +102,20 @@ def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, lengths
     for seq_len in lengths:
         with fake_mode:
             batch = make_batch(vocab, 1, seq_len, attention_mask=False)
-            out[seq_len] = _terms(_run(model, train, batch, first))
+            out[seq_len] = _terms(_run(model, train, batch, layers), len(layers))
         for p in model.parameters():
             p.grad = None  # each length starts from the same state
     return out
 
 
-def _run(model, train: TrainConfig, batch: dict, first_layer):
+def _run(model, train: TrainConfig, batch: dict, layers: list):
     """Forward and backward of one micro-batch under a StorageTracker (runner.accounting), without the
     optimizer step: only the bytes above the model states are kept, so the states need not exist.
 
-    One more mark, "tail", when the gradient of the first decoder layer's output arrives: the tail (that
-    layer's backward, then the embeddings') is where full fine-tuning of a deep model peaks, with nearly
-    every layer's gradients alive: a second backward candidate, linear in the layers like the first."""
+    Backward is cut into windows: a mark "layer<p>" when the gradient of kept layer p's output arrives
+    (its backward, and under checkpointing its recompute, run in that window). Full fine-tuning of a
+    deep model peaks in the low layers' windows, with the gradients of every layer above alive; "layer0"
+    (the first layer, then the embeddings) is the tail."""
     from runner.accounting import make_tracker
     from runner.step import forward_loss
 
@@ -122,16 +123,18 @@ def _run(model, train: TrainConfig, batch: dict, first_layer):
     tracker.register_model(batch)
     tracker.phase = "warm"  # the next mark("forward") starts step 1
 
-    def on_grad(_grad) -> None:
-        if tracker.phase == "backward":
-            tracker.mark("tail")
+    def hook(pos: int):
+        def on_grad(_grad) -> None:
+            if tracker.phase == "backward" or tracker.phase.startswith("layer"):
+                tracker.mark(f"layer{pos}")
 
-    def on_output(_module, _args, output) -> None:
-        out = output[0] if isinstance(output, (tuple, list)) else output
-        if getattr(out, "requires_grad", False) and tracker.phase == "forward":
-            out.register_hook(on_grad)
+        def on_output(_module, _args, output) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if getattr(out, "requires_grad", False) and tracker.phase == "forward":
+                out.register_hook(on_grad)
+        return on_output
 
-    handle = first_layer.register_forward_hook(on_output)
+    handles = [layer.register_forward_hook(hook(pos)) for pos, layer in enumerate(layers)]
     try:
         with tracker:
             tracker.mark("forward")
@@ -141,11 +144,12 @@ def _run(model, train: TrainConfig, batch: dict, first_layer):
             del loss
             tracker.mark("optimizer")  # counts the .grad tensors as gradients
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return tracker
 
 
-def _terms(tracker) -> dict[str, int]:
+def _terms(tracker, n_layers: int) -> dict[str, Any]:
     """Bytes above the model states at each phase's peak, gradients apart."""
     def above(phase: str) -> tuple[int, int]:
         if (1, phase) not in tracker.peaks:
@@ -156,10 +160,35 @@ def _terms(tracker) -> dict[str, int]:
 
     fwd, _ = above("forward")
     bwd, bwd_grads = above("backward")
-    tail, tail_grads = above("tail")
+    tail, tail_grads = above("layer0")
     _, end_grads = above("optimizer")
     return {"forward": fwd, "backward": bwd, "backward_grads": bwd_grads, "tail": tail,
-            "tail_grads": tail_grads, "grads_end": end_grads, "saved": tracker.saved.get(1, 0)}
+            "tail_grads": tail_grads, "grads_end": end_grads, "saved": tracker.saved.get(1, 0),
+            "windows": [above(f"layer{p}") for p in range(n_layers)]}
+
+
+def _windows(traced, subsets, kinds: list[int], second: dict[int, int], lengths) -> list[dict[str, list]]:
+    """Each traced layer window moved to the full model: a window of original layer i holds the saved
+    tensors of every layer below i and the gradients of every layer above i; per layer of kind m those
+    are S_m = saved(+m) - saved(base) and G_m = grads_end(+m) - grads_end(base), measured."""
+    out = []
+    for name, keep in subsets.items():
+        for pos, i in enumerate(keep):
+            acts, grads = [], []
+            for s in lengths:
+                act, grad = traced[name][s]["windows"][pos]
+                for m, j in second.items():
+                    g_m = traced[m][s]["grads_end"] - traced["base"][s]["grads_end"]
+                    s_m = traced[m][s]["saved"] - traced["base"][s]["saved"]
+                    above = sum(1 for x in range(i + 1, len(kinds)) if kinds[x] == m) \
+                        - sum(1 for x in keep if x > i and kinds[x] == m)
+                    below = sum(1 for x in range(i) if kinds[x] == m) - sum(1 for x in keep if x < i and kinds[x] == m)
+                    act += below * s_m
+                    grad += above * g_m
+                acts.append(act)
+                grads.append(grad)
+            out.append({"act": [*_solve(list(lengths), acts), 0.0], "grads": [*_solve(list(lengths), grads), 0.0]})
+    return out
 
 
 def _solve(xs: list[int], ys: list[int]) -> list[float]:
@@ -229,6 +258,7 @@ def fit_activations(config: dict[str, Any], facts, key: dict[str, Any]) -> dict[
             y0 = traced["base"][s][q]
             ys.append(y0 + sum((counts[k] - 1) * (traced[k][s][q] - y0) for k in second))
         out[q] = [*_solve(list(lengths), ys), 0.0]
+    out["windows"] = _windows(traced, subsets, kinds, second, lengths)
     out.update(lengths=list(lengths), traces=len(subsets) * len(lengths), layers_traced=len(base) + 1,
                attn=attn, seconds=round(time.perf_counter() - started, 2), notes=notes)
     return out
