@@ -177,7 +177,7 @@ def _windows(traced, subsets, kinds: list[int], second: dict[int, int], lengths)
             acts, grads = [], []
             for s in lengths:
                 act, grad = traced[name][s]["windows"][pos]
-                for m, j in second.items():
+                for m in second:
                     g_m = traced[m][s]["grads_end"] - traced["base"][s]["grads_end"]
                     s_m = traced[m][s]["saved"] - traced["base"][s]["saved"]
                     above = sum(1 for x in range(i + 1, len(kinds)) if kinds[x] == m) \
