@@ -60,6 +60,10 @@ ARCHS: dict[str, Arch] = {
     "mixtral": Arch(moe="mixtral"),
     "qwen2_moe": Arch(qkv_bias=True, moe="qwen2_moe"),
     "qwen3_moe": Arch(qkv_bias="attention_bias", o_bias="attention_bias", qk_norm=True, moe="qwen3_moe"),
+    # Qwen2-VL / Qwen2.5-VL language models: Qwen2 decoder layers (q/k/v bias) with multimodal rotary
+    # positions; transformers has no causal-LM class for them alone, so they are built as qwen2
+    "qwen2_vl_text": Arch(qkv_bias=True, counted_as="qwen2"),
+    "qwen2_5_vl_text": Arch(qkv_bias=True, counted_as="qwen2"),
     # Remote-code families (trust_remote_code upstream): their layers are Llama-shaped, with fused
     # projections (Baichuan W_pack = q|k|v; InternLM2 wqkv) that hold the same number of parameters.
     "baichuan": Arch(counted_as="llama", lora_names=("W_pack", "o_proj", "gate_proj", "up_proj", "down_proj")),

@@ -78,6 +78,9 @@ def transformers_config(spec_or_config: ModelSpec | dict[str, Any]) -> Pretraine
             config.get("max_position_embeddings") or config.get("model_max_length") or 4096)
         return AutoConfig.for_model("llama", **kwargs)
     kwargs = {k: v for k, v in config.items() if k not in _FILE_KEYS}
+    if counted_as:  # built as the family it is counted as; its own rotary variant (mrope) left out
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("rope_scaling", "rope_parameters", "vision_config")}
+        return AutoConfig.for_model(counted_as, **kwargs)
     return AutoConfig.for_model(model_type, **kwargs)
 
 

@@ -382,9 +382,13 @@ def vision_facts(config: dict[str, Any], *, where: str) -> dict[str, Any]:
     the whole wrapper built on the meta device, minus its decoder and output embeddings."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     kwargs = {k: v for k, v in config.items() if k not in _FILE_KEYS}
-    auto = AutoModelForCausalLM if config["model_type"] in _causal_types() else AutoModelForImageTextToText
+    # the class an image-text fine-tune loads (LLaMA-Factory: AutoModelForImageTextToText when the type
+    # has one; Llama 4's causal-LM class would leave the tower out)
+    image_text = config["model_type"] in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    auto = AutoModelForImageTextToText if image_text else AutoModelForCausalLM
     try:
         cfg = AutoConfig.for_model(config["model_type"], **kwargs)
         with torch.device("meta"):

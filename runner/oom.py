@@ -34,7 +34,7 @@ def _liger_supported(spec: ModelSpec) -> bool:
         import liger_kernel.transformers as liger
     except ImportError:
         return False
-    return hasattr(liger, f"apply_liger_kernel_to_{spec.arch.counted_as or spec.model_type}")
+    return hasattr(liger, f"apply_liger_kernel_to_{spec.multimodal or spec.arch.counted_as or spec.model_type}")
 
 
 def candidates(spec: ModelSpec, train: TrainConfig, *, device: str) -> list[tuple[str, TrainConfig]]:

@@ -93,7 +93,8 @@ def _apply_liger(spec: ModelSpec, train: TrainConfig, device: str, notes: list[s
     except ImportError:
         notes.append("use_liger_kernel: liger-kernel is not installed; trained without it")
         return False
-    arch = spec.arch.counted_as or spec.model_type
+    # image-text checkpoints patch as their wrapper (apply_liger_kernel_to_qwen2_5_vl, ...)
+    arch = spec.multimodal or spec.arch.counted_as or spec.model_type
     patch = getattr(liger, f"apply_liger_kernel_to_{arch}", None)
     if patch is None:
         notes.append(f"use_liger_kernel: Liger has no kernels for {arch}; trained without them")

@@ -162,3 +162,22 @@ def test_image_text_wrapper_plans_its_language_model_and_counts_the_tower(tmp_pa
     assert count_params(spec).total + spec.vision_params == _meta_total(config, "AutoModelForImageTextToText")
     mb = estimate_memory(spec, TrainConfig(), resolve_setup("cpu", gpus=None, nodes=1))
     assert any("vision tower" in n for n in mb.notes)
+
+
+@pytest.mark.parametrize("wrapper", ["qwen2_5_vl", "qwen2_vl"])
+def test_qwen_vl_language_model_is_qwen2_shaped(tmp_path, wrapper):
+    """Qwen2(.5)-VL: the language model plans analytically as Qwen2 (no causal-LM class of its own), the
+    tower is counted; both layouts: text_config (transformers 5) and top-level keys (4.x)."""
+    from transformers import AutoConfig
+
+    text = dict(BASE, num_hidden_layers=2, tie_word_embeddings=False)
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                  embed_dim=32, fullatt_block_indexes=[0])
+    v5 = AutoConfig.for_model(wrapper, text_config=text, vision_config=vision).to_dict()
+    total = _meta_total(v5, "AutoModelForImageTextToText")
+    v4 = {**{k: v for k, v in v5.items() if k != "text_config"}, **v5["text_config"], "model_type": wrapper}
+    for i, config in enumerate((v5, v4)):
+        (tmp_path / str(i)).mkdir()
+        spec = resolve_model(_folder(tmp_path / str(i), config))
+        assert spec.generic is None and spec.multimodal == wrapper
+        assert count_params(spec).total + spec.vision_params == total

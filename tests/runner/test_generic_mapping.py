@@ -27,7 +27,8 @@ def _types() -> list[str]:
 
 def _default_build(model_type: str):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     try:
         cfg = AutoConfig.for_model(model_type)
@@ -37,7 +38,9 @@ def _default_build(model_type: str):
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_config(cfg)
+            # image-text types: the whole checkpoint, vision tower included (what training loads)
+            image_text = model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+            model = (AutoModelForImageTextToText if image_text else AutoModelForCausalLM).from_config(cfg)
     except Exception as exc:
         pytest.skip(f"{model_type}: its default config does not build on the meta device "
                     f"({type(exc).__name__}: {str(exc)[:120]})")
