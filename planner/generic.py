@@ -237,8 +237,9 @@ def generic_spec(config: dict[str, Any], *, name: str, hub_id: str | None = None
     )
 
 
-def activation_key(spec, train) -> tuple[dict[str, Any], list[str]]:
-    """The traced configuration standing in for `train` (only what changes activations), and notes."""
+def activation_key(spec, train, device: str = "cuda") -> tuple[dict[str, Any], list[str]]:
+    """The traced configuration standing in for `train` on a `device` kind (only what changes
+    activations), and notes."""
     facts: GenericFacts = spec.generic
     notes = []
     if train.finetuning_type == "freeze":
@@ -255,21 +256,28 @@ def activation_key(spec, train) -> tuple[dict[str, Any], list[str]]:
                      "k-bit upcast leaves outside the quantized matmuls)")
     if train.use_liger_kernel:
         notes.append("Liger kernels: not modeled for this family (traced without; an upper bound)")
+    attn = train.attn_implementation or facts.default_attn
+    if device == "cuda" and attn == "sdpa" and dtype == "fp32" and not amp and spec.num_kv_heads < spec.num_heads:
+        # CUDA SDPA runs its math kernel for fp32 q/k/v with grouped-query heads and keeps the s x s
+        # probabilities (planner.memory.shape.sdpa_falls_back_to_math, measured on an H200); the CPU
+        # flash kernel the trace would run does not: eager attention keeps the same tensors (+ its mask)
+        attn = "eager"
+        notes.append("fp32 q/k/v with grouped-query heads: CUDA SDPA falls back to its math kernel (s x s "
+                     "probabilities kept); traced as eager attention")
     key = {"method": "full" if train.finetuning_type == "full" else "lora", "dtype": dtype, "amp": amp,
-           "gc": bool(train.gradient_checkpointing),
-           "attn": train.attn_implementation or facts.default_attn}
+           "gc": bool(train.gradient_checkpointing), "attn": attn}
     if key["method"] == "lora":
         key.update(lora_rank=train.lora_rank, lora_target=list(train.lora_target),
                    lora_dropout=0.1 if train.lora_dropout > 0 else 0.0, dora=bool(train.use_dora))
     return key, notes
 
 
-def generic_activation_model(spec, train, grad_scale: float = 1.0):
+def generic_activation_model(spec, train, grad_scale: float = 1.0, device: str = "cuda"):
     """planner.memory.step.ActivationModel from the fitted traces of `train` on `spec`."""
     from planner.memory.step import ActivationModel
     from planner.memory.terms import Lin
 
-    key, _ = activation_key(spec, train)
+    key, _ = activation_key(spec, train, device)
     fit = fitted(spec, key)
     forward, saved = Lin(*fit["forward"]), Lin(*fit["saved"])
     grads = Lin(*fit["backward_grads"]) * grad_scale

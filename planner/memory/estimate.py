@@ -92,7 +92,7 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
     if model.generic is not None:
         from planner.generic import activation_key
 
-        notes += activation_key(model, train)[1]
+        notes += activation_key(model, train, device)[1]
     if model.vision_params:
         notes.append(f"{model.multimodal}: the vision tower and projector ({model.vision_params:,} parameters) "
                      "load with the model and stay frozen (LLaMA-Factory's default); counted in the weights, "

@@ -123,7 +123,7 @@ def activation_model(spec: ModelSpec, train: TrainConfig, device: str, *, grad_s
     if spec.generic is not None:  # no recipes for this family: fitted fake-tensor traces
         from planner.generic import generic_activation_model
 
-        return generic_activation_model(spec, train, grad_scale)
+        return generic_activation_model(spec, train, grad_scale, device)
     return _activation_model(spec, key, device, grad_scale, grads_resident)
 
 

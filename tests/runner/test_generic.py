@@ -181,3 +181,15 @@ def test_qwen_vl_language_model_is_qwen2_shaped(tmp_path, wrapper):
         spec = resolve_model(_folder(tmp_path / str(i), config))
         assert spec.generic is None and spec.multimodal == wrapper
         assert count_params(spec).total + spec.vision_params == total
+
+
+def test_kbit_gqa_traces_the_cuda_math_kernel_as_eager(tmp_path):
+    """fp32 q/k/v with grouped-query heads: CUDA SDPA keeps the s x s probabilities (measured on an H200,
+    planner.memory.shape.sdpa_falls_back_to_math); the CPU trace would not, so it runs eager."""
+    from planner.generic import activation_key
+
+    spec = resolve_model(_folder(tmp_path, TINY["olmo2"]))  # 4 heads, 2 KV heads
+    qlora = TrainConfig(quantization_bit=4)
+    assert activation_key(spec, qlora, "cuda")[0]["attn"] == "eager"
+    assert activation_key(spec, qlora, "cpu")[0]["attn"] == "sdpa"
+    assert activation_key(spec, TrainConfig(), "cuda")[0]["attn"] == "sdpa"  # bf16: the flash kernel
