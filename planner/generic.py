@@ -26,7 +26,7 @@ from typing import Any
 from planner.errors import UserError
 
 # Version of the cached JSON layout: bump when runner.generic writes something new.
-FACTS_VERSION = 6
+FACTS_VERSION = 7
 _EXTRA = "pip install 'vramplan[train]'"
 
 
@@ -55,6 +55,7 @@ class GenericFacts:
     default_attn: str  # sdpa when the class supports it, else eager
     config_hash: str
     dims: tuple[tuple[str, Any], ...]  # the transformers config's values with its defaults applied
+    lora_all_error: str | None = None  # why peft refuses "all-linear" on this model, when it does
 
     @property
     def dim(self) -> dict[str, Any]:
@@ -86,6 +87,7 @@ class GenericFacts:
             moe_layers=tuple(d["moe_layers"]), buffer_bytes=int(d["buffer_bytes"]),
             default_attn=d["default_attn"], config_hash=d["config_hash"],
             dims=tuple(sorted((k, v) for k, v in d["dims"].items() if not isinstance(v, (list, dict)))),
+            lora_all_error=d.get("lora_all_error"),
         )
 
 

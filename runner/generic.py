@@ -285,7 +285,7 @@ def model_facts(model, cfg) -> dict[str, Any]:
         **_peft_targets(model, key_pattern),
         "tensors": sorted(tensors.items()),
         **_kinds(text_cfg, layers),
-        "lora_all_tensors": _peft_all_linear(model, prefix, layer_kinds(text_cfg, layers)[0]),
+        **_peft_all_linear(model, prefix, layer_kinds(text_cfg, layers)[0]),
         "moe_layers": [i for i, layer in enumerate(layers)
                        if any(p.dim() == 3 or ".experts." in f".{n}." for n, p in layer.named_parameters())],
         "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers()),
@@ -347,7 +347,7 @@ def _peft_targets(model, key_pattern: dict[str, str]) -> dict[str, Any]:
     return {"lora_all": sorted(lora_all), "lora_by_name": by_name}
 
 
-def _peft_all_linear(model, prefix: str, kinds: list[int]) -> list[list[int]]:
+def _peft_all_linear(model, prefix: str, kinds: list[int]) -> dict[str, Any]:
     """(numel at rank 1, count) of every adapter tensor peft creates for target_modules="all-linear" on the
     whole model: peft applied to a copy with one layer of each kind (its own rules, including what it
     does for transformers 5 fused experts and routers), each kind's tensors times its layer count.
@@ -362,7 +362,10 @@ def _peft_all_linear(model, prefix: str, kinds: list[int]) -> list[list[int]]:
     keep = sorted(first.values())
     copy = shortened(model, prefix, keep)
     layer_kind = {pos: kinds[i] for pos, i in enumerate(keep)}
-    peft_model = get_peft_model(copy, LoraConfig(r=1, lora_alpha=1, target_modules="all-linear"))
+    try:
+        peft_model = get_peft_model(copy, LoraConfig(r=1, lora_alpha=1, target_modules="all-linear"))
+    except ValueError as exc:  # peft refuses some targets (Mamba's out_proj / conv1d): its words, kept
+        return {"lora_all_tensors": [], "lora_all_error": str(exc)}
     out: Counter = Counter()
     mark = f"{prefix}."
     for name, p in peft_model.named_parameters():
@@ -374,7 +377,7 @@ def _peft_all_linear(model, prefix: str, kinds: list[int]) -> list[list[int]]:
             kind = layer_kind[int(rest.split(".", 1)[0])]
             times = kinds.count(kind)
         out[p.numel()] += times
-    return sorted([n, c] for n, c in out.items())
+    return {"lora_all_tensors": sorted([n, c] for n, c in out.items()), "lora_all_error": None}
 
 
 def vision_facts(config: dict[str, Any], *, where: str) -> dict[str, Any]:

@@ -72,6 +72,10 @@ class Shape:
 
 def check_lora_targets(spec: ModelSpec, targets: tuple[str, ...]) -> None:
     if targets == ("all",):
+        if spec.generic is not None and spec.generic.lora_all_error:
+            raise UserError(f"--lora-target all: peft refuses all-linear on {spec.name} "
+                            f"({spec.generic.model_type}): {spec.generic.lora_all_error}",
+                            "Name the targets with --lora-target (e.g. in_proj,x_proj), or use --method full.")
         return
     names = sorted({lin.name.rsplit(".", 1)[-1] for lin in linear_layers(spec) if lin.module_linear})
     if spec.generic is not None:  # what peft matched for each name

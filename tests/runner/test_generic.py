@@ -193,3 +193,14 @@ def test_kbit_gqa_traces_the_cuda_math_kernel_as_eager(tmp_path):
     assert activation_key(spec, qlora, "cuda")[0]["attn"] == "eager"
     assert activation_key(spec, qlora, "cpu")[0]["attn"] == "sdpa"
     assert activation_key(spec, TrainConfig(), "cuda")[0]["attn"] == "sdpa"  # bf16: the flash kernel
+
+
+def test_peft_refusing_all_linear_is_one_message(tmp_path):
+    """peft refuses LoRA on Mamba's out_proj / conv1d: counts still plan, LoRA on "all" says peft's reason."""
+    config = {"model_type": "mamba", "hidden_size": 64, "state_size": 8, "num_hidden_layers": 2,
+              "vocab_size": 512, "intermediate_size": 128, "time_step_rank": 4}
+    spec = resolve_model(_folder(tmp_path, config))
+    assert count_params(spec).total == _meta_total(config)
+    with pytest.raises(UserError) as err:
+        estimate_memory(spec, TrainConfig(), resolve_setup("cpu", gpus=None, nodes=1))
+    assert "peft refuses" in str(err.value) and "--lora-target" in str(err.value)
