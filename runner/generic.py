@@ -138,13 +138,13 @@ def decoder_layers(model, num_layers: int):
 
 def per_layer_lists(cfg, n: int) -> dict[str, list]:
     """Config lists with one entry per layer (layer_types, no_rope_layers, ...); lists of layer indices
-    (moe_layers = [0, 1, ...]) that merely have n entries are not per-layer values."""
+    (moe_layers = [0, 1, ...], kv_source_layers) that merely have n entries are not per-layer kinds."""
     out = {}
     for k, v in vars(cfg).items():
         if k.startswith("_") or not isinstance(v, (list, tuple)) or len(v) != n:
             continue
-        if n > 1 and all(isinstance(x, int) and not isinstance(x, bool) for x in v) \
-                and all(a < b for a, b in zip(v, v[1:], strict=False)):
+        # integers beyond 0/1 flags are layer indices (moe_layers, kv_source_layers), not kinds
+        if n > 1 and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and set(v) - {0, 1}:
             continue
         out[k] = list(v)
     return out
@@ -168,7 +168,7 @@ def _group(name: str, owner, param: torch.Tensor, experts: int, input_ids: set, 
         return "lm_head"
     if "norm" in owner_kind or "norm" in leaf:
         return "norms"
-    if param.dim() == 3 or "experts" in parts:
+    if "experts" in parts or (experts and param.dim() == 3 and param.shape[0] == experts):
         return "experts"
     if experts and (leaf in ("gate", "router") or "router" in owner_kind) and param.shape[0] == experts:
         return "router"
@@ -177,6 +177,12 @@ def _group(name: str, owner, param: torch.Tensor, experts: int, input_ids: set, 
     if any(p in _ATTN_PARTS for p in parts):
         return "attention"
     return "mlp"
+
+
+def _is_expert(name: str, p, experts: int) -> bool:
+    """A routed-expert parameter: under `experts`, or 3-D with num_experts rows (transformers 5 fuses
+    experts into [E, out, in]; Mamba's conv1d weights are 3-D too, and not experts)."""
+    return ".experts." in f".{name}." or (experts > 0 and p.dim() == 3 and p.shape[0] == experts)
 
 
 def _layer_signature(layer, extra: tuple) -> str:
@@ -189,13 +195,14 @@ def layer_kinds(cfg, layers) -> tuple[list[int], list[str]]:
     """Kind index per layer: same classes, parameter shapes and per-layer config entries (layer_types)."""
     n = len(layers)
     per_layer = per_layer_lists(cfg, n)
+    experts = _num_experts(cfg)
     sigs, names, kinds = {}, [], []
     for i, layer in enumerate(layers):
         extra = tuple((k, str(v[i])) for k, v in sorted(per_layer.items()))
         sig = _layer_signature(layer, extra)
         if sig not in sigs:
             sigs[sig] = len(sigs)
-            moe = any(p.dim() == 3 or ".experts." in f".{q}." for q, p in layer.named_parameters())
+            moe = any(_is_expert(q, p, experts) for q, p in layer.named_parameters())
             label = "/".join(str(v) for _, v in extra) or type(layer).__name__
             names.append(f"{label}{' moe' if moe else ''} (first: layer {i})")
         kinds.append(sigs[sig])
@@ -265,7 +272,7 @@ def model_facts(model, cfg) -> dict[str, Any]:
         lin_counts[key] += 1
         key_pattern[name] = rel
     for name, p in model.named_parameters():
-        if p.dim() == 3 and name.startswith(prefix + "."):
+        if p.dim() == 3 and name.startswith(prefix + ".") and _is_expert(name, p, experts):
             rel = name[len(prefix) + 1:].split(".", 1)[1]
             key = (rel, int(p.shape[2]), int(p.shape[1]), False, False)
             lin_groups[key].add(int(name[len(prefix) + 1:].split(".", 1)[0]))
@@ -287,7 +294,7 @@ def model_facts(model, cfg) -> dict[str, Any]:
         **_kinds(text_cfg, layers),
         **_peft_all_linear(model, prefix, layer_kinds(text_cfg, layers)[0]),
         "moe_layers": [i for i, layer in enumerate(layers)
-                       if any(p.dim() == 3 or ".experts." in f".{n}." for n, p in layer.named_parameters())],
+                       if any(_is_expert(n, p, experts) for n, p in layer.named_parameters())],
         "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers()),
         "default_attn": "sdpa" if getattr(model, "_supports_sdpa", False) else "eager",
         "dims": _dims(text_cfg, experts),

@@ -201,6 +201,7 @@ def test_peft_refusing_all_linear_is_one_message(tmp_path):
               "vocab_size": 512, "intermediate_size": 128, "time_step_rank": 4}
     spec = resolve_model(_folder(tmp_path, config))
     assert count_params(spec).total == _meta_total(config)
+    assert count_params(spec).experts == 0 and not spec.is_moe  # its 3-D conv1d weights are not experts
     with pytest.raises(UserError) as err:
         estimate_memory(spec, TrainConfig(), resolve_setup("cpu", gpus=None, nodes=1))
     assert "peft refuses" in str(err.value) and "--lora-target" in str(err.value)
