@@ -248,8 +248,13 @@ def activation_key(spec, train, device: str = "cuda") -> tuple[dict[str, Any], l
         raise UserError(f"--method freeze: {spec.name} ({facts.model_type}) is planned from traces of a "
                         "shortened model, which do not model freezing by layer yet.",
                         "Use --method lora, qlora or full.")
+    from planner.memory.weights import kbit_upcast
+
     dtype, amp = train.dtype, train.amp
-    if train.quantization_bit:
+    if train.quantization_bit and not kbit_upcast(train):
+        notes.append(f"{train.quantization_bit}-bit: activations traced as 16-bit LoRA (this trainer keeps "
+                     "the non-quantized weights 16-bit, and bitsandbytes returns its input's dtype)")
+    elif train.quantization_bit:
         # peft's k-bit upcast leaves every activation outside the quantized matmuls in fp32, and
         # bitsandbytes returns its input's dtype (planner.memory.shape.activation_dtypes): LoRA on fp32
         # weights is the traceable stand-in (bitsandbytes has no fake-tensor kernels)

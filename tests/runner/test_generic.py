@@ -189,10 +189,14 @@ def test_kbit_gqa_traces_the_cuda_math_kernel_as_eager(tmp_path):
     from planner.generic import activation_key
 
     spec = resolve_model(_folder(tmp_path, TINY["olmo2"]))  # 4 heads, 2 KV heads
-    qlora = TrainConfig(quantization_bit=4)
+    qlora = TrainConfig(quantization_bit=4, trainer="peft")  # a trainer that runs peft's k-bit upcast
     assert activation_key(spec, qlora, "cuda")[0]["attn"] == "eager"
+    assert activation_key(spec, qlora, "cuda")[0]["dtype"] == "fp32"
     assert activation_key(spec, qlora, "cpu")[0]["attn"] == "sdpa"
     assert activation_key(spec, TrainConfig(), "cuda")[0]["attn"] == "sdpa"  # bf16: the flash kernel
+    # a trainer that keeps the other weights 16-bit: 16-bit q/k/v, the flash kernel
+    no_upcast = qlora.with_(trainer="llamafactory")
+    assert activation_key(spec, no_upcast, "cuda")[0] == activation_key(spec, TrainConfig(), "cuda")[0]
 
 
 def test_peft_refusing_all_linear_is_one_message(tmp_path):
