@@ -1,5 +1,5 @@
 """Held-out accuracy: predicted vs measured peak device memory on configurations never used for fitting,
-with the published rules of thumb (planner.anchors) side by side.
+with the published rules of thumb (planner.memory.anchors) side by side.
 
     python benchmarks/accuracy.py                               # measure the accuracy set (CUDA) + report
     python benchmarks/accuracy.py --no-report --out-dir $OUT/acc  # measure only (analyse elsewhere)
@@ -9,7 +9,7 @@ with the published rules of thumb (planner.anchors) side by side.
 Writes benchmarks/results/accuracy-<gpu>.json (a `configs` list: gpu, name, predicted_peak_bytes,
 measured_peak_bytes, each anchor's prediction, ...), accuracy-<gpu>.md and accuracy-<gpu>.png.
 Predicted = the analytic model's live tensors + the device constants of the calibration chosen for
-the card (planner.calibration.select_calibration, or --calibration). Measured = the NVML peak
+the card (planner.hardware.calibration.select_calibration, or --calibration). Measured = the NVML peak
 (CUDA), or the live-tensor peak on the CPU, where there is no device overhead to predict.
 """
 
@@ -40,9 +40,9 @@ from benchmarks.report import (  # noqa: E402
     rel_error,
     scatter_png,
 )
-from planner.anchors import ANCHORS, anchors_for  # noqa: E402
-from planner.calibration import CalibrationFile, DeviceOverheads, select_calibration  # noqa: E402
-from planner.gpu_spec import GpuSpec  # noqa: E402
+from planner.hardware.calibration import CalibrationFile, DeviceOverheads, select_calibration  # noqa: E402
+from planner.hardware.gpu_spec import GpuSpec  # noqa: E402
+from planner.memory.anchors import ANCHORS, anchors_for  # noqa: E402
 
 GOALS = {"median_abs_error": 0.03, "max_abs_error": 0.07, "under_beyond_3pct": 0, "min_configs": 20}
 

@@ -7,7 +7,7 @@
     python benchmarks/calibrate.py --device cpu --models tiny   # the CPU code path (CI)
 
 Each case runs in its own subprocess (benchmarks/harness.py), with a per-case timeout; results are
-kept per case, so a stopped run continues where it stopped. The fit (planner.calibration_fit) sets
+kept per case, so a stopped run continues where it stopped. The fit (planner.hardware.calibration_fit) sets
 the device constants against the analytic model's live-tensor prediction for each case, and the
 profile keeps the raw measurements beside the fitted constants:
 profiles/calibration/<gpu>-<stack>.json.
@@ -30,9 +30,9 @@ if str(ROOT) not in sys.path:
 from benchmarks.harness import run_cases  # noqa: E402
 from benchmarks.matrix import SETS, Case, select  # noqa: E402
 from benchmarks.predict import PREDICTORS, predict_tensors  # noqa: E402
-from planner.calibration import CalibrationFile  # noqa: E402
-from planner.calibration_fit import fit_overheads, point_from_record  # noqa: E402
 from planner.errors import UserError  # noqa: E402
+from planner.hardware.calibration import CalibrationFile  # noqa: E402
+from planner.hardware.calibration_fit import fit_overheads, point_from_record  # noqa: E402
 
 GIB = 1 << 30
 KEEP = ("config", "status", "error", "device", "gpu", "stack", "model", "tokens", "hidden_size", "micro_batches",

@@ -78,7 +78,7 @@ def grid(qc: QualityCase) -> list[Case]:
 def plan_choice(qc: QualityCase, device: str = "cuda") -> tuple[Case | None, float, str]:
     """(the plan's configuration as a Case, seconds the search took, note). On the CPU the budget is
     host memory (no device overheads), as the CPU measurement counts live tensors only."""
-    from planner.gpu_spec import GpuSetup, GpuSpec
+    from planner.hardware.gpu_spec import GpuSetup, GpuSpec
     from planner.search import search
 
     spec = resolve_model(qc.model)

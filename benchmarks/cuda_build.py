@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 

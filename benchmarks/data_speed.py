@@ -73,7 +73,7 @@ _CHILD = """
 import json, os, resource, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, {root!r})
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.data import DataRequest, analyze
 spec = ModelSpec.from_config({model!r}, name="Qwen3-0.6B")
 req = DataRequest(data=({data!r},), tokenizer={tokenizer!r}, sample={sample!r}, use_cache={cache!r})

@@ -27,9 +27,9 @@ def main() -> None:
 
     from transformers import AutoConfig
 
-    from planner.gpus import resolve_setup
+    from planner.hardware.gpus import resolve_setup
     from planner.memory import estimate_memory
-    from planner.resolve import resolve_model
+    from planner.model.resolve import resolve_model
     from planner.train_config import TrainConfig
     from runner.accounting import stack_versions
     from runner.simulate import simulate_step

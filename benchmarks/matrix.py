@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from planner.catalog import find_model
-from planner.model_spec import ModelSpec
+from planner.model.catalog import find_model
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 # Tiny architectures for CPU runs of the harness (CI): same code path, seconds instead of minutes.

@@ -32,7 +32,7 @@ from benchmarks.harness import run_case  # noqa: E402
 from benchmarks.matrix import Case, case, resolve_model  # noqa: E402
 from benchmarks.predict import PREDICTORS, predict_tensors  # noqa: E402
 from benchmarks.report import fmt_pct, gpu_label, md_table  # noqa: E402
-from planner.calibration import DeviceOverheads  # noqa: E402
+from planner.hardware.calibration import DeviceOverheads  # noqa: E402
 
 # Unsloth's max-context table (unsloth README / blog "Llama 3.1 fine-tuning", Llama-3.1-8B QLoRA r=32,
 # batch 1, all linear layers): Hugging Face + Flash Attention 2 column.
@@ -218,8 +218,8 @@ def card_info(out_dir: Path, device: str) -> dict[str, Any] | None:
 def _overheads(path: Path | None, gpu: dict[str, Any] | None) -> tuple[DeviceOverheads, str]:
     if gpu is None:
         return DeviceOverheads(), "CPU: live tensors only"
-    from planner.calibration import CalibrationFile, current_stack, select_calibration
-    from planner.gpu_spec import GpuSpec
+    from planner.hardware.calibration import CalibrationFile, current_stack, select_calibration
+    from planner.hardware.gpu_spec import GpuSpec
 
     if path:
         cal = CalibrationFile.from_json(json.loads(path.read_text()), path=str(path))

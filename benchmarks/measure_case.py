@@ -26,7 +26,7 @@ from importlib import metadata
 from typing import Any
 
 from benchmarks.matrix import Case
-from planner.params import count_params
+from planner.model.params import count_params
 
 FORMAT = 1
 STEP_PHASES = ("forward", "backward", "optimizer")

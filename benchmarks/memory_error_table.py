@@ -22,11 +22,11 @@ sys.path.insert(0, str(ROOT / "tests" / "runner"))
 
 from gate_cases import FAKE_CASES, TENSOR_CASES, Case  # noqa: E402
 
-from planner.catalog import find_model  # noqa: E402
-from planner.gpu_spec import GpuSetup, GpuSpec  # noqa: E402
+from planner.hardware.gpu_spec import GpuSetup, GpuSpec  # noqa: E402
 from planner.memory import estimate_memory  # noqa: E402
 from planner.memory.shape import layer_shape  # noqa: E402
 from planner.memory.step import _layer_net, layer_roles  # noqa: E402
+from planner.model.catalog import find_model  # noqa: E402
 from planner.train_config import TrainConfig  # noqa: E402
 
 CPU = GpuSetup(GpuSpec(name="cpu", memory_bytes=1 << 40, vendor="cpu"))

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from benchmarks.matrix import Case
-from planner.gpu_spec import GpuSetup, GpuSpec
+from planner.hardware.gpu_spec import GpuSetup, GpuSpec
 
 PREDICTORS = ("auto", "analytic", "simulate")
 

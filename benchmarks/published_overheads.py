@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.gpus import parse_gpu  # noqa: E402
+from planner.hardware.gpus import parse_gpu  # noqa: E402
 from planner.memory.overheads import default_overheads  # noqa: E402
 
 PAIRS = ROOT / "benchmarks" / "results" / "published-pairs.csv"
@@ -74,9 +74,9 @@ def end_to_end(row: dict) -> int | None:
     """The whole device peak predicted from the config (tensor model + overheads), or None."""
     if (row["model"], row["method"]) not in END_TO_END or row["gpus"] != 1 or "accelerated" in row["label"]:
         return None  # fms's accelerated-peft-bnb runs its own quantized kernels: not what vramplan plans
-    from planner.gpu_spec import GpuSetup
+    from planner.hardware.gpu_spec import GpuSetup
     from planner.memory import estimate_memory
-    from planner.resolve import resolve_model
+    from planner.model.resolve import resolve_model
 
     train = fms_train_config(row)
     setup = GpuSetup(parse_gpu("A100-80G"))
@@ -168,9 +168,9 @@ def run() -> tuple[str, dict]:
 
 
 def _allocated_of(row: dict) -> int:
-    from planner.gpu_spec import GpuSetup
+    from planner.hardware.gpu_spec import GpuSetup
     from planner.memory import estimate_memory
-    from planner.resolve import resolve_model
+    from planner.model.resolve import resolve_model
 
     train = fms_train_config(row)
     return estimate_memory(resolve_model(row["model"]), train, GpuSetup(parse_gpu("A100-80G"))).allocated_bytes

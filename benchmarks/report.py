@@ -23,7 +23,7 @@ MARKERS = {"vramplan": "o", "accelerate": "s", "deepspeed": "^", "llamafactory":
 
 def gpu_label(name: str) -> str:
     """File label of a card: 'NVIDIA H100 80GB HBM3' -> 'h100-sxm-80g' (catalog name when known)."""
-    from planner.calibration import card_key
+    from planner.hardware.calibration import card_key
 
     key = card_key(name) if name and name != "cpu" else "cpu"
     return re.sub(r"[^a-z0-9.]+", "-", key.lower()).strip("-")

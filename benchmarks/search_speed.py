@@ -42,8 +42,8 @@ def make_data(samples: int, seed: int = 0):
 
 
 def _setup(card: str, count: int, nodes: int):
-    from planner.gpu_spec import GpuSetup
-    from planner.gpus import parse_gpu
+    from planner.hardware.gpu_spec import GpuSetup
+    from planner.hardware.gpus import parse_gpu
 
     return GpuSetup(parse_gpu(card), count=count, nodes=nodes)
 
@@ -52,8 +52,8 @@ def one(model: str, hw: tuple, pinned: dict, samples: int, repeat: int) -> dict:
     """Time search() for one scenario in this process: the first call (cold), then `repeat` more."""
     import planner.data.stats  # noqa: F401  - imports excluded from the timing
     import planner.memory  # noqa: F401
-    from planner.catalog import find_model
     from planner.errors import Infeasible
+    from planner.model.catalog import find_model
     from planner.search import search
 
     spec, setup, data = find_model(model).spec, _setup(*hw), make_data(samples)
@@ -76,8 +76,8 @@ def one(model: str, hw: tuple, pinned: dict, samples: int, repeat: int) -> dict:
 
 
 def sweep_time(samples: int) -> dict:
-    from planner.catalog import find_model
-    from planner.sweep import sweep
+    from planner.model.catalog import find_model
+    from planner.search.sweep import sweep
 
     data = make_data(samples)
     t = time.perf_counter()

@@ -35,8 +35,8 @@ TINY = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num
 
 _CHILD = """
 import json, resource, sys, time
-from planner.catalog import find_model
-from planner.model_spec import ModelSpec
+from planner.model.catalog import find_model
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 from runner.simulate import simulate_step
 model, seq, fields, tiny = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])

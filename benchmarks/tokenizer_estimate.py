@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from planner.data.estimate import FEATURES, SPECIAL_RE, EstimateCounter, features  # noqa: E402
 from planner.data.loaders import iter_samples, resolve_sources  # noqa: E402
 from planner.data.pipeline import prepare  # noqa: E402
-from planner.model_spec import ModelSpec  # noqa: E402
+from planner.model.spec import ModelSpec  # noqa: E402
 
 DATASETS = {"alpaca_en_demo": "alpaca (English)", "alpaca_zh_demo": "alpaca (Chinese)",
             "glaive_toolcall_en_demo": "sharegpt with tools", "c4_demo": "pretraining text (C4)",

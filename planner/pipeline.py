@@ -11,11 +11,11 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from planner.gpu_spec import GpuSetup
-from planner.gpus import resolve_setup
-from planner.model_spec import ModelSpec
-from planner.params import ParamCounts, active_params, count_params
-from planner.resolve import resolve_model_noted
+from planner.hardware.gpu_spec import GpuSetup
+from planner.hardware.gpus import resolve_setup
+from planner.model.params import ParamCounts, active_params, count_params
+from planner.model.resolve import resolve_model_noted
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 # --flag (click parameter name) -> the TrainConfig fields it pins.
@@ -117,7 +117,7 @@ class Report:
 
 def pinned_from_options(options: dict[str, Any]) -> dict[str, Any]:
     """The TrainConfig fields the user set on the command line (validated by the memory options)."""
-    from planner.memory.cli_options import train_config_from_options
+    from planner.cli.memory_options import train_config_from_options
 
     given = [flag for flag in FLAG_FIELDS if options.get(flag) is not None]
     if not given:
@@ -135,7 +135,7 @@ def pinned_from_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _data_stage(spec: ModelSpec, options: dict[str, Any], report: Report):
-    from planner.data.cli_options import data_request_from_options
+    from planner.cli.data_options import data_request_from_options
 
     request = data_request_from_options(options, spec)
     if request is None:
@@ -183,13 +183,13 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
             f"past it were never trained; enable RoPE scaling (e.g. rope_scaling: yarn, factor "
             f"{math.ceil(pinned['cutoff_len'] / context)}) or use --cutoff {context} or less")
     if options.get("synthetic_data") and "cutoff_len" not in pinned:
-        from planner.plan_file import parse_synthetic
+        from planner.exports.plan_file import parse_synthetic
 
         # --synthetic-data N:LEN trains rows of LEN tokens: plan for exactly that length.
         pinned["cutoff_len"] = parse_synthetic(options["synthetic_data"])[1]
     if options.get("sweep"):
-        from planner.search.cli_options import search_kwargs
-        from planner.sweep import sweep
+        from planner.cli.search_options import search_kwargs
+        from planner.search.sweep import sweep
 
         report.sections["sweep"] = sweep(spec, stats, pinned=pinned, **search_kwargs(options))
         return report
@@ -205,7 +205,7 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
 
 def _calibration_stage(setup: GpuSetup, options: dict[str, Any], report: Report):
     """Which calibration the plan uses (said in the notes and the JSON), its margin, and any file ignored."""
-    from planner.calibration_use import choose_calibration
+    from planner.hardware.calibration_use import choose_calibration
 
     choice = choose_calibration(setup.gpu, explicit=options.get("calibration"))
     report.warnings.extend(choice.warnings)
@@ -257,9 +257,9 @@ def _fixed_stage(spec: ModelSpec, setup: GpuSetup, stats, pinned: dict[str, Any]
 
 
 def _search_stage(spec, setup, stats, pinned, options, report: Report, choice) -> None:
+    from planner.cli.search_options import search_kwargs
     from planner.errors import Infeasible
     from planner.search import search
-    from planner.search.cli_options import search_kwargs
 
     kwargs = {**search_kwargs(options), "margin": _margin(options, choice), "estimator": choice.estimator()}
     try:
@@ -292,7 +292,7 @@ def _trainable(spec: ModelSpec, train: TrainConfig) -> int:
 def _render_config(train: TrainConfig, console) -> None:
     from rich.table import Table
 
-    from planner.render import display_value
+    from planner.cli.render import display_value
 
     t = Table(title=f"Configuration ({train.method}, fixed: no search)", show_header=False, title_justify="left")
     t.add_column(style="bold")
@@ -349,7 +349,7 @@ def _simulate_stage(spec: ModelSpec, report: Report) -> None:
 def _render_simulation(result: dict[str, Any], report: Report, console) -> None:
     from rich.table import Table
 
-    from planner.render import gib
+    from planner.cli.render import gib
 
     if not result.get("ok"):
         return

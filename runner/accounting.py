@@ -36,7 +36,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import UserError
+from planner.exports.plan_file import PlanFile, pin_data_paths
 from planner.exports.writer import EXPORT_FILES  # what `plan --out` writes: the plan, not a run's results
-from planner.plan_file import PlanFile, pin_data_paths
 
 GIB = 1 << 30
 MAX_ATTEMPTS = 4
@@ -349,8 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m runner.apply --plan PLAN.yaml --out DIR [...]`: the torchrun entry, usable by hand."""
     import click
 
-    from planner.apply_options import apply_options
-    from planner.plan_file import parse_synthetic
+    from planner.cli.apply import apply_options
+    from planner.exports.plan_file import parse_synthetic
 
     @click.command(context_settings={"help_option_names": ["-h", "--help"]})
     @click.option("--plan", "plan_path", required=True, type=click.Path(exists=True), help="plan.yaml to apply.")
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     def cmd(plan_path, launched, resume, **params):
         synthetic = params.get("synthetic_data")
         plan = PlanFile.load(plan_path)
-        from planner.apply_options import default_out_dir
+        from planner.cli.apply import default_out_dir
 
         sys.exit(apply_plan(plan, out_dir=params.get("out") or default_out_dir(plan),
                             max_steps=params.get("max_steps"), init=params.get("init"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def transformers_config(spec_or_config: ModelSpec | dict[str, Any]) -> Pretraine
     """The transformers config of a ModelSpec (its config.json) or of a config dict.
 
     Remote-code families (Baichuan, InternLM2) are built as the LlamaConfig with the same shapes:
-    their fused projections hold the same parameters (see planner.model_spec.ARCHS). Remote code is
+    their fused projections hold the same parameters (see planner.model.spec.ARCHS). Remote code is
     never executed.
 
         >>> transformers_config({"model_type": "qwen2", "hidden_size": 64, ...}).model_type
@@ -68,7 +68,7 @@ def transformers_config(spec_or_config: ModelSpec | dict[str, Any]) -> Pretraine
         config, model_type = spec_or_config.config, spec_or_config.model_type
         counted_as = spec_or_config.arch.counted_as
     else:
-        from planner.model_spec import ARCHS
+        from planner.model.spec import ARCHS
 
         config, model_type = spec_or_config, spec_or_config["model_type"]
         counted_as = ARCHS[model_type].counted_as if model_type in ARCHS else None

@@ -68,7 +68,7 @@ class VramplanCallback(TrainerCallback):
     def _plan_prediction(plan) -> dict[str, Any] | None:
         if plan is None:
             return None
-        from planner.plan_file import PlanFile
+        from planner.exports.plan_file import PlanFile
 
         return PlanFile.load(plan).predicted
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner.errors import UserError
-from planner.model_spec import ModelSpec
-from planner.plan_file import PlanFile
+from planner.exports.plan_file import PlanFile
+from planner.model.spec import ModelSpec
 
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss ignore_index, as transformers' loss uses it
 

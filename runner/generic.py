@@ -1,6 +1,6 @@
 """Read a causal LM's layout off its transformers module tree, built on the meta device.
 
-The generic path of the planner (planner.generic): any decoder-only model transformers can build is
+The generic path of the planner (planner.model.generic): any decoder-only model transformers can build is
 planned from what this returns, as plain JSON: parameter counts by group, every Linear grouped over the
 decoder layers, the Linears peft wraps (peft's own target resolution) and bitsandbytes quantizes
 (transformers' own skip rules), the parameter tensors and the distinct layer kinds. No weights are
@@ -16,8 +16,8 @@ import re
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
-from planner.config_compat import language_config
 from planner.errors import UserError
+from planner.model.config_compat import language_config
 
 if TYPE_CHECKING:
     import torch
@@ -211,7 +211,7 @@ def layer_kinds(cfg, layers) -> tuple[list[int], list[str]]:
 
 def inspect_config(config: dict[str, Any], *, where: str = "config.json", trust_remote_code: bool = False,
                    source_dir: str | None = None) -> dict[str, Any]:
-    """The layout facts of the language model of `config` (planner.generic.GenericFacts.from_json)."""
+    """The layout facts of the language model of `config` (planner.model.generic.GenericFacts.from_json)."""
     lm, wrapper = language_config(config)
     if lm.get("model_type") in _known_types() and not trust_remote_code:
         check_causal_lm(lm["model_type"], where=where, wrapper=wrapper)

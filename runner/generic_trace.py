@@ -207,7 +207,7 @@ def _solve(xs: list[int], ys: list[int]) -> list[float]:
 
 def fit_activations(config: dict[str, Any], facts, key: dict[str, Any]) -> dict[str, Any]:
     """Fitted activation terms of `key` (a training configuration) for the language model `config`
-    (planner.generic.activation_fit reads the result; each value is [tok, tok_s, const, seq])."""
+    (planner.model.generic.activation_fit reads the result; each value is [tok, tok_s, const, seq])."""
     from runner.generic import build_config, build_meta, decoder_layers
     from runner.simulate import _unpadded_sdpa
 

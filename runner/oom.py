@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from planner.gpu_spec import GpuSetup
-from planner.model_spec import ModelSpec
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 MARGIN = 0.10  # extra headroom per retry on top of the observed miss

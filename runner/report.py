@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from planner import __version__
-from planner.params import count_params
+from planner.model.params import count_params
 
 GIB = 1 << 30
 # measured key -> key of MemoryBreakdown.to_json() holding the same quantity

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 from runner.accounting import StepMemory, describe, run_tracked
 

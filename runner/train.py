@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from planner.errors import UserError
-from planner.gpu_spec import GpuSetup
-from planner.model_spec import ModelSpec
-from planner.plan_file import PlanFile
+from planner.exports.plan_file import PlanFile
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 from runner import build
 from runner.dataset import PadCollator, RowDataset, load_samples, split_eval

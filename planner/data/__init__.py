@@ -9,13 +9,11 @@
 Modules: records (file reading), formats (alpaca/sharegpt/messages/text), dataset_info, loaders (sources,
 sampling), templates (chat templates, label spans), skeleton (render once per conversation shape),
 tokenizer_files (the tokenizer chain), encode + fastcount (exact counting), estimate (no tokenizer),
-stats, cache, analysis (the pipeline), render (output), cli_options (click flags).
+stats, cache, analysis (the pipeline), render (output). Its flags live in planner.cli.data_options.
 """
 
 from planner.data.analysis import DataRequest, EncodedSample, analyze, encode_records
-from planner.data.cli_options import data_options, data_request_from_options
 from planner.data.render import render_data, write_plot
 from planner.data.stats import DataStats
 
-__all__ = ["DataRequest", "DataStats", "EncodedSample", "analyze", "data_options", "data_request_from_options",
-           "encode_records", "render_data", "write_plot"]
+__all__ = ["DataRequest", "DataStats", "EncodedSample", "analyze", "encode_records", "render_data", "write_plot"]

@@ -37,7 +37,7 @@ from planner.data.loaders import (
 from planner.data.pipeline import Prepared, prepare, template_identity
 from planner.data.stats import DataStats, compute_stats
 from planner.errors import UserError
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 
 BATCH = 1024  # samples per batch: per-call overhead is amortized, memory stays small
 BLOCK_BYTES = 1 << 20  # JSON Lines / JSON array bytes handed to a worker at a time (~1,000 alpaca records)

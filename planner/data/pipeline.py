@@ -18,7 +18,7 @@ from planner.data.skeleton import Skeletons
 from planner.data.templates import BUILTIN, LF_RENDERED, ChatTemplate, family_template
 from planner.data.tokenizer_files import TokenizerFiles, pick_template, resolve_tokenizer
 from planner.errors import UserError
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.trainers import DEFAULT_TRAINER
 
 Spans = list[tuple[int, int]]

@@ -16,7 +16,7 @@ from typing import Any
 
 from planner.data.templates import SPECIAL_TOKEN_KEYS
 from planner.errors import UserError
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _OPTIONAL_FILES = ("chat_template.jinja", "special_tokens_map.json")
@@ -94,7 +94,7 @@ def _from_hub(repo_id: str) -> TokenizerFiles | str:
         return _from_paths(cached, "hub cache")
     if hub_offline():
         return f"{repo_id} is not in the hub cache and HF_HUB_OFFLINE is set"
-    from planner.hub import hub_reachable
+    from planner.model.hub import hub_reachable
 
     if not hub_reachable():
         return f"{repo_id} is not in the hub cache and the hub is not reachable"

@@ -64,7 +64,7 @@ def training_of(plan) -> dict[str, Any]:
 
 def plan_file(plan, *, model_ref: str | None, data_ref: dict[str, Any] | None):
     """The PlanFile (plan.yaml) for this plan: what `plan --apply` reloads."""
-    from planner.plan_file import PlanFile, pin_data_paths
+    from planner.exports.plan_file import PlanFile, pin_data_paths
 
     # Absolute paths: `plan --apply DIR/plan.yaml` must read the same data from any folder.
     data = pin_data_paths({k: v for k, v in (data_ref or {}).items() if v not in (None, [], ())}, Path.cwd())

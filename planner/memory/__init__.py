@@ -4,7 +4,7 @@
     >>> mb = estimate_memory(spec, train, setup)
 """
 
-from planner.calibration import DeviceOverheads
+from planner.hardware.calibration import DeviceOverheads
 from planner.memory.breakdown import MemoryBreakdown
 from planner.memory.estimate import activations_per_1k_tokens, estimate_memory
 from planner.memory.overheads import default_overheads

@@ -38,7 +38,7 @@ class MemoryBreakdown:
     allocated_bytes: int = 0  # torch.cuda.max_memory_allocated(): live tensors + workspaces + kernel temporaries
     reserved_bytes: int = 0  # torch.cuda.max_memory_reserved(): allocated + the caching allocator's slack
     host_bytes: int = 0  # host RAM per node for ZeRO offload (pinned: pin_memory in the DeepSpeed config)
-    host_budget_bytes: int | None = None  # usable host RAM per node (planner.host_memory); None on a CPU
+    host_budget_bytes: int | None = None  # usable host RAM per node (planner.hardware.host_memory); None on a CPU
     host_process_bytes: int = 0  # host RAM of the node's GPU processes before any offload
     host_source: str = ""  # where the node's RAM figure comes from
     margin: float = 0.0  # safety margin on the device peak: fits means peak <= budget x (1 - margin)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.calibration import DeviceOverheads
-from planner.gpu_spec import GpuSetup
-from planner.host_memory import host_budget_bytes, host_ram_for, process_host_bytes
+from planner.hardware.calibration import DeviceOverheads
+from planner.hardware.gpu_spec import GpuSetup
+from planner.hardware.host_memory import host_budget_bytes, host_ram_for, process_host_bytes
 from planner.memory.breakdown import MemoryBreakdown
 from planner.memory.overheads import allocator_setting, default_overheads
 from planner.memory.step import ActivationModel, activation_model
 from planner.memory.zero import ModelStates, model_states
-from planner.model_spec import ModelSpec
-from planner.params import linear_layers
+from planner.model.params import linear_layers
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 from planner.trainers import DEFAULT_TRAINER
 
@@ -90,7 +90,7 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
     weights = ms.weights_bytes - ms.quant_constants_bytes + buffers
     notes = list(ms.notes) + list(model.notes)
     if model.generic is not None:
-        from planner.generic import activation_key
+        from planner.model.generic import activation_key
 
         notes += activation_key(model, train, device)[1]
     if model.vision_params:

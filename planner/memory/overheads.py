@@ -18,7 +18,7 @@ Llama-3-8B run, axolotl#2183 37 -> 27 GB. We set it where we launch (runner, lau
 set PYTORCH_CUDA_ALLOC_CONF; the model halves the logits term then (an assumption until a card
 calibration measures it).
 
-A calibration file (planner.calibration, fitted by benchmarks/calibrate.py or `plan calibrate`)
+A calibration file (planner.hardware.calibration, fitted by benchmarks/calibrate.py or `plan calibrate`)
 replaces all of these: pass its `.overheads` to estimate_memory. A CPU setup has none of them.
 
     >>> default_overheads(gpu).cuda_context_bytes
@@ -30,8 +30,8 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from planner.calibration import DeviceOverheads
-from planner.gpu_spec import GpuSpec
+from planner.hardware.calibration import DeviceOverheads
+from planner.hardware.gpu_spec import GpuSpec
 
 MIB = 1 << 20
 

@@ -14,8 +14,8 @@ from functools import lru_cache
 
 from planner.errors import UserError
 from planner.memory.weights import DTYPE_BYTES, kbit_adapter_fp32, kbit_upcast
-from planner.model_spec import ModelSpec
-from planner.params import linear_layers, lora_wraps
+from planner.model.params import linear_layers, lora_wraps
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 

@@ -20,7 +20,7 @@ from planner.memory.recipes import tk
 from planner.memory.shape import Shape, layer_shape
 from planner.memory.tape import Tape
 from planner.memory.terms import ZERO, Lin
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 
@@ -121,7 +121,7 @@ def activation_model(spec: ModelSpec, train: TrainConfig, device: str, *, grad_s
         gradient_checkpointing=train.gradient_checkpointing, use_liger_kernel=train.use_liger_kernel,
         deepspeed_stage=1 if train.deepspeed_stage else 0, trainer=train.trainer)
     if spec.generic is not None:  # no recipes for this family: fitted fake-tensor traces
-        from planner.generic import generic_activation_model
+        from planner.model.generic import generic_activation_model
 
         return generic_activation_model(spec, train, grad_scale, device)
     return _activation_model(spec, key, device, grad_scale, grads_resident)

@@ -13,8 +13,8 @@ from functools import lru_cache
 from planner.errors import UserError
 from planner.memory.shape import check_lora_targets
 from planner.memory.weights import DTYPE_BYTES, kbit_adapter_fp32
-from planner.model_spec import ModelSpec
-from planner.params import count_params, linear_layers, lora_wraps
+from planner.model.params import count_params, linear_layers, lora_wraps
+from planner.model.spec import ModelSpec
 from planner.train_config import OPTIMIZERS, TrainConfig
 from planner.trainers import DEFAULT_TRAINER
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner.model_spec import ModelSpec
-from planner.params import count_params, linear_layers
+from planner.model.params import count_params, linear_layers
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}

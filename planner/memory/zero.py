@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.errors import UserError
-from planner.gpu_spec import GpuSetup
+from planner.hardware.gpu_spec import GpuSetup
 from planner.memory.trainable import TrainableState, optimizer_state_bytes, trainable_state
 from planner.memory.weights import WeightBytes, weight_bytes
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 # HF TrainingArguments' DeepSpeed "auto" values (transformers integrations/deepspeed.py
@@ -62,7 +62,7 @@ def _check(train: TrainConfig, setup: GpuSetup) -> None:
 
 def largest_module_params(spec: ModelSpec) -> int:
     """Largest single module's parameters (what ZeRO-3 gathers at once): the embeddings, usually."""
-    from planner.params import linear_layers
+    from planner.model.params import linear_layers
 
     biggest = max((x.in_features * x.out_features * (1 if x.module_linear else x.per_layer)
                    for x in linear_layers(spec)), default=0)

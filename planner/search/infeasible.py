@@ -12,8 +12,8 @@ from dataclasses import replace
 from typing import Any
 
 from planner.errors import Infeasible
-from planner.gpu_spec import GpuSetup
-from planner.model_spec import ModelSpec
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.spec import ModelSpec
 
 GIB = 1 << 30
 MORE_GPUS = ((2, 1), (4, 1), (8, 1), (8, 2), (8, 4), (8, 8))
@@ -41,7 +41,7 @@ def _try(model: ModelSpec, setup: GpuSetup, data, pinned: dict[str, Any], ev) ->
 
 def _host_for(setup: GpuSetup) -> dict[str, Any]:
     """Host RAM of a suggested bigger setup: --host-mem (per node) stays; this machine's RAM does not
-    describe another machine, so the card-class default applies there (planner.host_memory)."""
+    describe another machine, so the card-class default applies there (planner.hardware.host_memory)."""
     if setup.host_ram_source.startswith("--host-mem"):
         return {}
     return {"host_ram_bytes": None, "host_ram_source": ""}
@@ -129,7 +129,7 @@ def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, A
             break
         offloaded = True
     # 5. a card with more memory
-    from planner.catalog import load_gpus
+    from planner.hardware.catalog import load_gpus
 
     cards = sorted((e.spec for e in load_gpus() if e.spec.memory_bytes > setup.gpu.memory_bytes
                     and e.spec.vendor == setup.gpu.vendor), key=lambda g: (g.memory_bytes, -g.bf16_tflops))
@@ -161,7 +161,7 @@ def raise_infeasible(model: ModelSpec, setup: GpuSetup, data, ev, space, seen: l
         payload["closest"] = closest.to_json()
     host_bound = [c for c in seen if not c.host_ok and c.memory.peak_bytes <= c.limit_bytes]
     if host_bound:
-        from planner.host_memory import host_need_bytes, host_ram_for
+        from planner.hardware.host_memory import host_need_bytes, host_ram_for
 
         h = min(host_bound, key=lambda c: c.memory.host_bytes)
         need = host_need_bytes(setup, h.memory.host_bytes)

@@ -2,7 +2,7 @@
 
 A candidate *fits* when its predicted peak stays under budget x (1 - margin) and, with offload, the host
 holds what is moved there. Among fitting candidates the search maximizes real (non-pad) tokens per
-second (planner.throughput).
+second (planner.search.throughput).
 
     >>> ev = Evaluator(spec, setup, space, margin=0.05, lengths=profile)
     >>> cand = ev.candidate(family, config)
@@ -15,18 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from planner.gpu_spec import GpuSetup
-from planner.host_memory import host_budget_bytes, host_need_bytes
-from planner.lengths import LengthProfile
+from planner.hardware.gpu_spec import GpuSetup
+from planner.hardware.host_memory import host_budget_bytes, host_need_bytes
 from planner.memory.breakdown import gpu_limit_bytes
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
+from planner.search.lengths import LengthProfile
 from planner.search.space import Family, Space
-from planner.throughput import DEFAULT_EFFICIENCY, Efficiency, Throughput, estimate_throughput
+from planner.search.throughput import DEFAULT_EFFICIENCY, Efficiency, Throughput, estimate_throughput
 from planner.train_config import TrainConfig
 
 GIB = 1 << 30
 # Safety margin on the predicted peak: the memory model's error against measurements before a
-# calibration for the card exists (planner.calibration.MARGIN_NONE); --margin overrides it.
+# calibration for the card exists (planner.hardware.calibration.MARGIN_NONE); --margin overrides it.
 DEFAULT_MARGIN = 0.05
 # Quantize only when it must: a quantized candidate wins over a fitting 16-bit one only when it is this
 # much faster (e.g. ZeRO-3 gathering 16-bit weights over PCIe). QLoRA matches 16-bit LoRA on benchmarks

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from planner.gpu_spec import GpuSetup
-from planner.hparams import HParams
-from planner.model_spec import ModelSpec
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.spec import ModelSpec
+from planner.search.hparams import HParams
 from planner.search.objective import Candidate
-from planner.throughput import Throughput
+from planner.search.throughput import Throughput
 from planner.train_config import TrainConfig
 
 GIB = 1 << 30
@@ -139,7 +139,7 @@ class Plan:
     def render(self, console) -> None:
         from rich.table import Table
 
-        from planner.render import display_value
+        from planner.cli.render import display_value
 
         s = self.setup
         hw = f"{s.count} x {s.gpu.name}" + (f" x {s.nodes} nodes" if s.nodes > 1 else "")

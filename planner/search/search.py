@@ -18,16 +18,16 @@ from __future__ import annotations
 from typing import Any
 
 from planner.errors import UserError
-from planner.gpu_spec import GpuSetup
-from planner.hparams import choose_hparams, epochs_for, lora_alpha_for, lora_rank_for, val_size_for
-from planner.lengths import profile_of
-from planner.model_spec import ModelSpec
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.spec import ModelSpec
+from planner.search.hparams import choose_hparams, epochs_for, lora_alpha_for, lora_rank_for, val_size_for
 from planner.search.infeasible import raise_infeasible
+from planner.search.lengths import profile_of
 from planner.search.objective import DEFAULT_MARGIN, Candidate, Estimator, Evaluator, score, score_of
 from planner.search.plan import Plan
 from planner.search.reasons import explain, runners_up
 from planner.search.space import CUTOFF_STEP, Family, Space, build_space, config_for
-from planner.throughput import DEFAULT_EFFICIENCY, Efficiency
+from planner.search.throughput import DEFAULT_EFFICIENCY, Efficiency
 
 
 def _largest(lo_ok: int, hi: int, ok) -> int:
@@ -184,7 +184,7 @@ def _alternatives(ev: Evaluator, space: Space, winner: Candidate, primary: list[
 def _full_affordable(ev: Evaluator, winner: Candidate) -> bool:
     """Mixed-precision full fine-tuning keeps 16 B per parameter of model states (DeepSpeed ZeRO paper,
     Sec. 3.1); ZeRO-2 leaves the 16-bit weights (2 B) whole and partitions the other 14 B."""
-    from planner.params import count_params
+    from planner.model.params import count_params
 
     p = count_params(ev.spec).total
     n = ev.setup.world_size

@@ -17,8 +17,8 @@ from functools import cache
 from typing import Any
 
 from planner.errors import UserError
-from planner.gpu_spec import GpuSetup
-from planner.model_spec import ModelSpec
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.spec import ModelSpec
 from planner.train_config import METHODS, OFFLOAD, OPTIMIZERS, TrainConfig
 
 # Liger Kernel patches these transformers model types (liger_kernel/transformers/monkey_patch.py,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from benchmarks.matrix import Case, resolve_model
-from planner.calibration import DeviceOverheads
+from planner.hardware.calibration import DeviceOverheads
 
 MIB, GIB = 1 << 20, 1 << 30
 TRUE = DeviceOverheads(cuda_context_bytes=480 * MIB, cublas_workspace_bytes=64 * MIB,

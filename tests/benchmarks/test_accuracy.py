@@ -9,8 +9,8 @@ from bench_fakes import GPU, STACK, TRUE, fake_results
 
 from benchmarks.accuracy import summarize, write_report
 from benchmarks.matrix import ACCURACY
-from planner.anchors import ANCHORS
-from planner.calibration import CalibrationFile
+from planner.hardware.calibration import CalibrationFile
+from planner.memory.anchors import ANCHORS
 
 GIB = 1 << 30
 

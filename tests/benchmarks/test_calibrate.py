@@ -10,8 +10,8 @@ from bench_fakes import STACK, TRUE, fake_results
 
 from benchmarks.calibrate import fit_results, main
 from benchmarks.matrix import CALIBRATION
-from planner.calibration import CalibrationFile, select_calibration
-from planner.gpu_spec import GpuSpec
+from planner.hardware.calibration import CalibrationFile, select_calibration
+from planner.hardware.gpu_spec import GpuSpec
 
 MIB, GIB = 1 << 20, 1 << 30
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from planner import anchors
-from planner.model_spec import ModelSpec
+from planner.memory import anchors
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 GIB = 1 << 30

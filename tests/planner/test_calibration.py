@@ -8,7 +8,9 @@ import random
 import pytest
 from click.testing import CliRunner
 
-from planner.calibration import (
+from planner.cli.calibration import calibrate_cmd
+from planner.errors import UserError
+from planner.hardware.calibration import (
     MARGIN_NONE,
     MARGIN_SAME_ARCH,
     MARGIN_STACK_DIFFERS,
@@ -20,10 +22,8 @@ from planner.calibration import (
     user_calibration_dir,
     version_distance,
 )
-from planner.calibration_cli import calibrate_cmd
-from planner.calibration_fit import FitPoint, fit_overheads, lstsq, point_from_record
-from planner.errors import UserError
-from planner.gpu_spec import GpuSpec
+from planner.hardware.calibration_fit import FitPoint, fit_overheads, lstsq, point_from_record
+from planner.hardware.gpu_spec import GpuSpec
 
 MIB, GIB = 1 << 20, 1 << 30
 TRUE = DeviceOverheads(cuda_context_bytes=520 * MIB, cublas_workspace_bytes=32 * MIB,
@@ -231,7 +231,7 @@ def test_calibrate_command(tmp_path):
 
 
 def test_every_shipped_calibration_is_valid():
-    from planner.calibration import shipped_calibrations
+    from planner.hardware.calibration import shipped_calibrations
 
     for c in shipped_calibrations():
         # the five constants every calibration has (the per-token slack terms are optional)

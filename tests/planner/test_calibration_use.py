@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from planner.calibration import CalibrationFile
-from planner.calibration_use import MARGIN_MIN, choose_calibration, evidence_margin, run_stack
-from planner.gpus import parse_gpu
+from planner.hardware.calibration import CalibrationFile
+from planner.hardware.calibration_use import MARGIN_MIN, choose_calibration, evidence_margin, run_stack
+from planner.hardware.gpus import parse_gpu
 from tests.planner.test_cli import run
 
 GIB = 1 << 30
@@ -102,7 +102,7 @@ def test_calibration_for_another_card_given_explicitly_is_ignored_with_a_warning
 
 def test_an_h200_calibration_shipped_in_profiles_is_picked_for_gpu_h200(tmp_path, monkeypatch):
     """The file benchmarks/calibrate.py writes (profiles/calibration/<gpu>-<stack>.json) for `--gpu H200`."""
-    import planner.calibration_use as cu
+    import planner.hardware.calibration_use as cu
 
     monkeypatch.setenv("VRAMPLAN_HOME", str(tmp_path / "empty"))
     profiles = tmp_path / "profiles"

@@ -21,8 +21,8 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_import_planner_pulls_in_no_torch():
-    code = ("import sys, planner, planner.cli, planner.pipeline, planner.render, planner.resolve, planner.gpus; "
-            "import planner.params, planner.catalog; "
+    code = ("import sys, planner, planner.cli, planner.pipeline, planner.cli.render, planner.model.resolve, planner.hardware.gpus; "
+            "import planner.model.params, planner.model.catalog, planner.hardware.catalog; "
             f"print(sorted(set({HEAVY!r}) & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -48,8 +48,8 @@ def test_json_is_one_object_with_exact_params():
 
 @pytest.mark.parametrize("name", ["Qwen2.5-7B", "qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", "QWEN2.5-7B"])
 def test_model_names_resolve_to_the_same_architecture(name):
-    from planner.catalog import find_model
-    from planner.resolve import resolve_model
+    from planner.model.catalog import find_model
+    from planner.model.resolve import resolve_model
 
     spec, base = resolve_model(name), find_model("Qwen2.5-7B").spec
     assert (spec.model_type, spec.hidden_size, spec.num_layers, spec.vocab_size) == \
@@ -66,7 +66,7 @@ def test_model_names_resolve_to_the_same_architecture(name):
     ("Qwen/Qwen2.5-7B-Chat", "Qwen/Qwen2.5-7B-Chat", True),  # fuzzy with an org: the name given
 ])
 def test_model_name_given_is_the_checkpoint_planned(name, hub_id, noted):
-    from planner.resolve import resolve_model_noted
+    from planner.model.resolve import resolve_model_noted
 
     spec, note = resolve_model_noted(name)
     assert spec.hub_id == hub_id and spec.name == hub_id.rsplit("/", 1)[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from planner.errors import UserError
-from planner.gpus import GIB, parse_gpu, resolve_setup
+from planner.hardware.gpus import GIB, parse_gpu, resolve_setup
 
 
 @pytest.mark.parametrize("text,expect", [
@@ -49,7 +49,7 @@ def test_bad_counts(kw):
 
 
 def test_no_nvml_uses_default(monkeypatch):
-    import planner.gpus as g
+    import planner.hardware.gpus as g
 
     monkeypatch.setattr(g, "inspect_gpus", lambda: [])
     setup = g.resolve_setup(None)
@@ -57,7 +57,7 @@ def test_no_nvml_uses_default(monkeypatch):
 
 
 def test_detected_card_is_matched_to_catalog(monkeypatch):
-    import planner.gpus as g
+    import planner.hardware.gpus as g
 
     fake = g.DetectedGpu(0, "NVIDIA H100 80GB HBM3", 85_520_809_984, 84 * GIB, (9, 0), "570.1")
     monkeypatch.setattr(g, "inspect_gpus", lambda: [fake, fake])
@@ -67,7 +67,7 @@ def test_detected_card_is_matched_to_catalog(monkeypatch):
 
 
 def test_detected_unknown_card(monkeypatch):
-    import planner.gpus as g
+    import planner.hardware.gpus as g
 
     fake = g.DetectedGpu(0, "NVIDIA Mystery 7", 12 * GIB, 11 * GIB, (7, 5), "570.1")
     monkeypatch.setattr(g, "inspect_gpus", lambda: [fake])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.out_dir import writable_problem
+from planner.cli.out_dir import writable_problem
 
 
 def plan(*args: str, cwd=None) -> tuple[int, str, str]:

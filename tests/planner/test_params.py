@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from planner.catalog import load_models
-from planner.model_spec import ARCHS, ModelSpec
-from planner.params import active_params, count_params, linear_layers
+from planner.model.catalog import load_models
+from planner.model.params import active_params, count_params, linear_layers
+from planner.model.spec import ARCHS, ModelSpec
 
 SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -80,7 +80,7 @@ def test_qwen25_7b_published_exact():
 
 def test_config_folder_written_by_test(tmp_path):
     """A config.json folder the test writes resolves and counts exactly."""
-    from planner.resolve import resolve_model
+    from planner.model.resolve import resolve_model
 
     config = dict(TINY["qwen3"], model_type="qwen3", architectures=["Qwen3ForCausalLM"])
     (tmp_path / "config.json").write_text(json.dumps(config))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from planner.errors import UserError
-from planner.plan_file import PlanFile
+from planner.exports.plan_file import PlanFile
 
 ROWS = [{"instruction": f"say {i}", "input": "", "output": "word " * (5 + i)} for i in range(8)]
 

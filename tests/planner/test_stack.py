@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from planner.catalog import find_model
 from planner.errors import UserError
-from planner.gpus import resolve_setup
+from planner.hardware.gpus import resolve_setup
 from planner.memory import estimate_memory
 from planner.memory.weights import weight_bytes
-from planner.params import linear_layers
+from planner.model.catalog import find_model
+from planner.model.params import linear_layers
 from planner.stack import experts_quantized, parse_stack, stack_versions
 from planner.train_config import TrainConfig
 

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from planner.catalog import find_model
-from planner.gpus import resolve_setup
+from planner.hardware.gpus import resolve_setup
 from planner.memory import estimate_memory
+from planner.model.catalog import find_model
 from planner.train_config import TrainConfig
 from planner.trainers import DEFAULT_TRAINER, known_trainers, recipe
 

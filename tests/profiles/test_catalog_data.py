@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from planner.gpu_spec import GpuSpec
-from planner.model_spec import ARCHS, ModelSpec
+from planner.hardware.gpu_spec import GpuSpec
+from planner.model.spec import ARCHS, ModelSpec
 
 PROFILES = importlib.resources.files("profiles")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -228,14 +228,15 @@ def test_gpu_names_unique_and_one_default():
 
 def test_every_label_resolves_to_its_own_entry():
     """The planner's tolerant matching (case, punctuation, variant suffixes) must not merge two entries."""
-    catalog = pytest.importorskip("planner.catalog")
+    catalog = pytest.importorskip("planner.model.catalog")
+    gpu_catalog = pytest.importorskip("planner.hardware.catalog")
     for _, entry in MODEL_ENTRIES:
         for label in [entry["name"], entry["hub_id"], *entry.get("aliases", [])]:
             found = catalog.find_model(label)
             assert found is not None and found.name == entry["name"], f"model {label!r} -> {found and found.name}"
     for gpu in GPUS:
         for label in [gpu["name"], *gpu["aliases"], *gpu["nvml_names"]]:
-            found = catalog.find_gpu(label)
+            found = gpu_catalog.find_gpu(label)
             assert found is not None and found.spec.name == gpu["name"], f"gpu {label!r} -> {found and found.spec.name}"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 TOLERANCE_TENSOR = 0.02  # analytic vs tensor accounting, per phase
@@ -52,7 +52,7 @@ class Case:
     def spec(self) -> ModelSpec:
         if self.model in TINY_KINDS:
             return tiny_spec(self.model, layers=self.layers, tie=self.tie)
-        from planner.catalog import find_model
+        from planner.model.catalog import find_model
 
         return find_model(self.model).spec
 

@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 
 from tiny_models import TINY  # noqa: E402
 
-from planner.model_spec import ModelSpec  # noqa: E402
+from planner.model.spec import ModelSpec  # noqa: E402
 from planner.train_config import TrainConfig  # noqa: E402
 from runner.accounting import CATEGORIES, make_tracker, measure_step  # noqa: E402
 from runner.build import NeedsCuda, build_model  # noqa: E402

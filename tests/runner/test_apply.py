@@ -19,7 +19,7 @@ from apply_helpers import plan_dict, write_dataset, write_model  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from planner.errors import UserError  # noqa: E402
-from planner.plan_file import PlanFile  # noqa: E402
+from planner.exports.plan_file import PlanFile  # noqa: E402
 from runner.apply import apply_plan  # noqa: E402
 from runner.runlog import read_runs  # noqa: E402
 
@@ -70,7 +70,7 @@ def test_end_to_end_adapter_report_and_loss(first_run, tiny):
     assert m["categories"]["optimizer_state"] > 0 and m["categories"]["weights"] > 0
     assert sum(m["components"].values()) == sum(m["categories"].values()) == m["peak_tensor_bytes"]
     # The tiny model: 4-byte weights, LoRA adapters; the peak must hold the weights and stay small.
-    from planner.params import count_params
+    from planner.model.params import count_params
 
     weights = count_params(PlanFile.from_dict(plan_dict(*tiny)).model_spec()).total * 4
     assert weights < m["peak_tensor_bytes"] < 20 * weights

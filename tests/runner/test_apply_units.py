@@ -10,11 +10,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from planner.apply_options import apply_kwargs, apply_options, apply_requested, resolve_plan
+from planner.cli.apply import apply_kwargs, apply_options, apply_requested, resolve_plan
 from planner.errors import UserError
-from planner.gpu_spec import GpuSetup, GpuSpec
-from planner.model_spec import ModelSpec
-from planner.plan_file import PlanFile, parse_synthetic
+from planner.exports.plan_file import PlanFile, parse_synthetic
+from planner.hardware.gpu_spec import GpuSetup, GpuSpec
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 from runner.oom import candidates, next_smaller, resumable
 from runner.report import compare, human_bytes
@@ -118,7 +118,7 @@ def test_apply_options_parse_into_apply_plan_kwargs(tmp_path):
 
 
 def test_plan_file_and_options_import_no_torch():
-    code = ("import sys, planner.plan_file, planner.apply_options, runner.runlog, runner.oom, runner.distributed; "
+    code = ("import sys, planner.exports.plan_file, planner.cli.apply, runner.runlog, runner.oom, runner.distributed; "
             "print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

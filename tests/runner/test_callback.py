@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments
 
-from planner.calibration_fit import point_from_record
+from planner.hardware.calibration_fit import point_from_record
 from runner.callback import DriftWarning, VramplanCallback, build_record, drift_warnings
 from runner.runlog import read_runs
 
@@ -82,9 +82,9 @@ def test_drift_is_warned_both_ways_and_not_within_tolerance(tmp_path):
 
 
 def test_prediction_from_a_plan_file(tmp_path):
-    from planner.gpus import resolve_setup
-    from planner.plan_file import PlanFile
-    from planner.resolve import resolve_model
+    from planner.exports.plan_file import PlanFile
+    from planner.hardware.gpus import resolve_setup
+    from planner.model.resolve import resolve_model
     from planner.train_config import TrainConfig
 
     plan = PlanFile.from_values(resolve_model("Qwen2.5-0.5B"), TrainConfig(), resolve_setup("cpu"),

@@ -16,7 +16,7 @@ pytest.importorskip("peft")
 
 from gate_cases import FAKE_CASES, TENSOR_CASES, TOLERANCE_FAKE, TOLERANCE_TENSOR, Case  # noqa: E402
 
-from planner.gpu_spec import GpuSetup, GpuSpec  # noqa: E402
+from planner.hardware.gpu_spec import GpuSetup, GpuSpec  # noqa: E402
 from planner.memory import estimate_memory  # noqa: E402
 
 CPU = GpuSetup(GpuSpec(name="cpu", memory_bytes=64 << 30, vendor="cpu"))

@@ -18,10 +18,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from planner.errors import UserError  # noqa: E402
-from planner.gpus import resolve_setup  # noqa: E402
+from planner.hardware.gpus import resolve_setup  # noqa: E402
 from planner.memory import estimate_memory  # noqa: E402
-from planner.params import count_params  # noqa: E402
-from planner.resolve import resolve_model  # noqa: E402
+from planner.model.params import count_params  # noqa: E402
+from planner.model.resolve import resolve_model  # noqa: E402
 from planner.train_config import TrainConfig  # noqa: E402
 
 BASE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
@@ -91,7 +91,7 @@ def test_second_plan_reads_the_cache_without_torch(tmp_path):
 
 
 def test_without_torch_one_message_names_the_extra(tmp_path, monkeypatch):
-    import planner.generic as generic
+    import planner.model.generic as generic
 
     monkeypatch.setattr(generic, "stack_key", lambda: None)
     monkeypatch.setitem(sys.modules, "runner.generic", None)  # import fails as without the extra
@@ -137,7 +137,7 @@ def _meta_total(config: dict, auto: str = "AutoModelForCausalLM") -> int:
 def test_transformers5_moe_keys_read_by_the_analytic_model():
     """transformers 5 writes num_local_experts for Qwen3-MoE (4.x: num_experts), dtype for torch_dtype and
     rope_parameters for rope_theta/rope_scaling: the analytic parser reads both layouts."""
-    from planner.model_spec import ModelSpec
+    from planner.model.spec import ModelSpec
 
     v5 = dict(BASE, model_type="qwen3_moe", num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2,
               moe_intermediate_size=32, dtype="bfloat16", rope_parameters={"rope_type": "default", "rope_theta": 1e6})
@@ -186,7 +186,7 @@ def test_qwen_vl_language_model_is_qwen2_shaped(tmp_path, wrapper):
 def test_kbit_gqa_traces_the_cuda_math_kernel_as_eager(tmp_path):
     """fp32 q/k/v with grouped-query heads: CUDA SDPA keeps the s x s probabilities (measured on an H200,
     planner.memory.shape.sdpa_falls_back_to_math); the CPU trace would not, so it runs eager."""
-    from planner.generic import activation_key
+    from planner.model.generic import activation_key
 
     spec = resolve_model(_folder(tmp_path, TINY["olmo2"]))  # 4 heads, 2 KV heads
     qlora = TrainConfig(quantization_bit=4, trainer="peft")  # a trainer that runs peft's k-bit upcast

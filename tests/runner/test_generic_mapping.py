@@ -49,9 +49,9 @@ def _default_build(model_type: str):
 
 @pytest.mark.parametrize("model_type", _types())
 def test_default_config_plans_exactly(model_type, tmp_path):
-    from planner.config_compat import language_config
-    from planner.params import count_params
-    from planner.resolve import resolve_model
+    from planner.model.config_compat import language_config
+    from planner.model.params import count_params
+    from planner.model.resolve import resolve_model
     from runner.generic import _causal_types
 
     cfg, total = _default_build(model_type)

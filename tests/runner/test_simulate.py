@@ -15,7 +15,7 @@ pytest.importorskip("peft")
 
 from tiny_models import TINY as _SHARED  # noqa: E402
 
-from planner.model_spec import ModelSpec  # noqa: E402
+from planner.model.spec import ModelSpec  # noqa: E402
 from planner.train_config import TrainConfig  # noqa: E402
 from runner.accounting import measure_step  # noqa: E402
 from runner.build import NeedsCuda  # noqa: E402
@@ -97,7 +97,7 @@ QWEN25_7B = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18
 
 _CHILD = textwrap.dedent("""
     import json, resource, sys, time
-    from planner.model_spec import ModelSpec
+    from planner.model.spec import ModelSpec
     from planner.train_config import TrainConfig
     from runner.simulate import simulate_step
     cfg, tiny = json.loads(sys.argv[1]), json.loads(sys.argv[2])

@@ -10,7 +10,7 @@ from data_helpers import spec_for, train
 from tokenizers import Regex, pre_tokenizers
 
 from planner.data.fastcount import QWEN2_PATTERN
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 
 
 @pytest.fixture(scope="session")

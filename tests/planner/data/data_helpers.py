@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 
 # A ChatML template in the style of Qwen2.5's: system default, tools block, tool calls, tool responses.
 CHAT_TEMPLATE = """{%- if tools %}

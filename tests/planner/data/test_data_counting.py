@@ -14,12 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from planner.data import DataRequest, analyze, data_options, data_request_from_options, render_data
+from planner.cli.data_options import data_options, data_request_from_options
+from planner.data import DataRequest, analyze, render_data
 from planner.data.encode import _response_tokens
 from planner.data.estimate import EstimateCounter, load_profile
 from planner.data.fastcount import _LAST_ASSIGNED_LN, FastCounter, _class, supports
 from planner.errors import UserError
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 
 PIECES = [" ", "  ", "\n", "\n\n", "\t", "\r\n", "\xa0", "\u3000", "a", "Z", "the", "word", "1", "234", "中", "文",
           "。", "!", ".", "'s", "'LL", "-", "é", "e\u0301", "😀", "<|im_end|>", "<|im_start|>", "\x0b", "\x1c",

@@ -13,7 +13,7 @@ from search_helpers import setup, spec
 from planner.errors import UserError
 from planner.exports import render_exports, write_exports
 from planner.exports.llamafactory import llamafactory_keys
-from planner.plan_file import PlanFile
+from planner.exports.plan_file import PlanFile
 from planner.search import search
 
 # (model, (card, count, nodes), pinned)

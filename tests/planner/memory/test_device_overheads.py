@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from planner.calibration import DeviceOverheads
-from planner.gpus import resolve_setup
+from planner.hardware.calibration import DeviceOverheads
+from planner.hardware.gpus import resolve_setup
 from planner.memory import estimate_memory
 from planner.memory.overheads import (
     ALLOC_CONF,
@@ -16,7 +16,7 @@ from planner.memory.overheads import (
     allocator_setting,
     default_overheads,
 )
-from planner.resolve import resolve_model
+from planner.model.resolve import resolve_model
 from planner.train_config import TrainConfig
 from tests.planner.test_cli import run
 

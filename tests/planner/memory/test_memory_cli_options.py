@@ -1,4 +1,4 @@
-"""planner.memory.cli_options: flags -> TrainConfig, and errors that name the flag."""
+"""planner.cli.memory_options: flags -> TrainConfig, and errors that name the flag."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from planner.cli.memory_options import memory_options, train_config_from_options
 from planner.errors import UserError
-from planner.memory.cli_options import memory_options, train_config_from_options
 from planner.train_config import TrainConfig
 
 

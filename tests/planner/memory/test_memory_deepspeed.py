@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import pytest
 
-from planner.catalog import find_model
-from planner.gpu_spec import GpuSetup, GpuSpec
+from planner.hardware.gpu_spec import GpuSetup, GpuSpec
 from planner.memory.zero import PREFETCH_FACTOR, SUB_GROUP_SIZE, largest_module_params, model_states
-from planner.params import count_params
+from planner.model.catalog import find_model
+from planner.model.params import count_params
 from planner.train_config import TrainConfig
 
 deepspeed = pytest.importorskip("deepspeed")

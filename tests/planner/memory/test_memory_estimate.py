@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from planner.catalog import find_model
 from planner.errors import UserError
-from planner.gpu_spec import GpuSetup, GpuSpec
+from planner.hardware.gpu_spec import GpuSetup, GpuSpec
 from planner.memory import estimate_memory
 from planner.memory.trainable import trainable_state
 from planner.memory.weights import nf4_bytes, weight_bytes
-from planner.params import count_params, linear_layers
+from planner.model.catalog import find_model
+from planner.model.params import count_params, linear_layers
 from planner.train_config import TrainConfig
 
 GIB = 1 << 30
@@ -48,7 +48,7 @@ def test_cpu_setup_has_no_device_overheads(qwen7b):
 
 
 def test_calibrated_overheads_replace_defaults(qwen7b):
-    from planner.calibration import DeviceOverheads
+    from planner.hardware.calibration import DeviceOverheads
 
     oh = DeviceOverheads(cuda_context_bytes=1 << 30, cublas_workspace_bytes=0, source="test card")
     mb = estimate_memory(qwen7b, TrainConfig(cutoff_len=512), H100, overheads=oh)
@@ -180,7 +180,7 @@ def test_render(qwen7b):
 
 
 def test_planner_memory_imports_no_torch():
-    code = ("import sys, planner.memory, planner.memory.cli_options, planner.memory.render; "
+    code = ("import sys, planner.memory, planner.cli.memory_options, planner.memory.render; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'transformers', 'peft', 'deepspeed', 'bitsandbytes')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

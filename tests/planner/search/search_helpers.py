@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from planner.catalog import find_model
-from planner.gpu_spec import GpuSetup
-from planner.gpus import parse_gpu
+from planner.hardware.gpu_spec import GpuSetup
+from planner.hardware.gpus import parse_gpu
+from planner.model.catalog import find_model
 
 
 def estimator():

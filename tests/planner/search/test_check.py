@@ -8,8 +8,8 @@ import json
 import pytest
 from search_helpers import setup
 
-from planner.check import check_config
 from planner.errors import UserError
+from planner.search.check import check_config
 
 LF_YAML = """\
 ### model

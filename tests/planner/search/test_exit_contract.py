@@ -12,11 +12,18 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
-from planner.catalog import load_gpus, load_models
-from planner.gpu_spec import GpuSetup
-from planner.gpus import parse_gpu, resolve_setup
-from planner.host_memory import GIB, PROCESS_HOST_BYTES, default_host_ram, host_budget_bytes, parse_size
+from planner.hardware.catalog import load_gpus
+from planner.hardware.gpu_spec import GpuSetup
+from planner.hardware.gpus import parse_gpu, resolve_setup
+from planner.hardware.host_memory import (
+    GIB,
+    PROCESS_HOST_BYTES,
+    default_host_ram,
+    host_budget_bytes,
+    parse_size,
+)
 from planner.memory import estimate_memory, render_memory
+from planner.model.catalog import load_models
 from planner.pipeline import run_plan
 from planner.train_config import TrainConfig
 from tests.planner.test_cli import run
@@ -82,8 +89,8 @@ def test_nothing_fits_exits_1_with_the_closest_config_and_changes():
 
 def _between_limit_and_budget() -> int:
     """A cutoff at which Qwen2.5-7B LoRA (micro batch 1) on a 4090 fits the card but not the 5% margin."""
-    from planner.calibration_use import choose_calibration
-    from planner.resolve import resolve_model
+    from planner.hardware.calibration_use import choose_calibration
+    from planner.model.resolve import resolve_model
 
     spec, setup = resolve_model("Qwen2.5-7B"), resolve_setup("RTX4090")
     estimate = choose_calibration(setup.gpu).estimator()  # the device model `plan` will use for this card
@@ -132,7 +139,7 @@ def test_parse_size(text, expected):
 
 
 def test_host_figure_local_vs_another_machine(monkeypatch):
-    import planner.gpus as g
+    import planner.hardware.gpus as g
 
     monkeypatch.setattr(g, "host_ram_bytes", lambda: 24 * GIB)
     monkeypatch.setattr(g, "inspect_gpus", lambda: [g.DetectedGpu(0, "NVIDIA H100 80GB HBM3", 80 * GIB, 79 * GIB,
@@ -148,7 +155,7 @@ def test_host_figure_local_vs_another_machine(monkeypatch):
 
 
 def test_search_and_final_check_read_one_host_figure():
-    from planner.resolve import resolve_model
+    from planner.model.resolve import resolve_model
     from planner.search.objective import Evaluator
     from planner.search.space import build_space
 
@@ -161,8 +168,10 @@ def test_search_and_final_check_read_one_host_figure():
 
 
 def test_shortfalls_never_say_a_negative_over():
+    from planner.model.resolve import resolve_model
+
     setup = GpuSetup(parse_gpu("H100"), host_ram_bytes=8 * GIB, host_ram_source="--host-mem 8G")
-    spec_mem = estimate_memory(__import__("planner.resolve").resolve.resolve_model("Qwen2.5-7B"),
+    spec_mem = estimate_memory(resolve_model("Qwen2.5-7B"),
                                TrainConfig(deepspeed_stage=3, offload="params", finetuning_type="full"), setup)
     assert spec_mem.fits_budget and not spec_mem.host_fits
     lines = spec_mem.shortfalls()

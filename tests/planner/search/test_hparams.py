@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from search_helpers import setup, spec
 
-from planner.hparams import choose_hparams, epochs_for, learning_rate_for, lora_rank_for, val_size_for
+from planner.search.hparams import choose_hparams, epochs_for, learning_rate_for, lora_rank_for, val_size_for
 from planner.train_config import TrainConfig
 
 

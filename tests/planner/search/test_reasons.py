@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from search_helpers import make_data, setup, spec
 
-from planner.catalog import load_models
 from planner.errors import Infeasible
+from planner.model.catalog import load_models
 from planner.search import search
 from planner.search.reasons import speed_phrase
 

@@ -10,7 +10,7 @@ import pytest
 from search_helpers import setup, spec
 
 from planner.errors import Infeasible, UserError
-from planner.gpu_spec import GpuSetup, GpuSpec
+from planner.hardware.gpu_spec import GpuSetup, GpuSpec
 from planner.search import search
 from planner.search.objective import score
 

@@ -7,7 +7,7 @@ import json
 
 from search_helpers import spec
 
-from planner.sweep import DEFAULT_CARDS, DEFAULT_COUNTS, sweep
+from planner.search.sweep import DEFAULT_CARDS, DEFAULT_COUNTS, sweep
 
 
 def test_sweep_shape_and_json(estimator, data):

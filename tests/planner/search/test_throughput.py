@@ -7,9 +7,9 @@ import math
 import pytest
 from search_helpers import lengths, setup, spec
 
-from planner.lengths import PACKING_EFFICIENCY, LengthProfile
-from planner.params import count_params
-from planner.throughput import estimate_throughput, flop_terms, step_flops
+from planner.model.params import count_params
+from planner.search.lengths import PACKING_EFFICIENCY, LengthProfile
+from planner.search.throughput import estimate_throughput, flop_terms, step_flops
 from planner.train_config import TrainConfig
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import UserError
-from planner.gpu_spec import GpuSpec
+from planner.hardware.gpu_spec import GpuSpec
 
 FORMAT = 1
 # Extra safety margin (fraction of the prediction) when the calibration is not from this card.
@@ -220,7 +220,7 @@ def current_stack() -> dict[str, Any]:
 def card_key(name: str) -> str:
     """Canonical card name: the catalog's when it knows the card, else the name reduced to [a-z0-9]."""
     try:
-        from planner.catalog import find_gpu
+        from planner.hardware.catalog import find_gpu
 
         entry = find_gpu(name)
         if entry is not None:
@@ -323,7 +323,7 @@ def select_calibration(gpu: GpuSpec, stack: dict[str, Any] | None = None,
 
 
 def calibrate_from_log(log_path: Path | str, *, base: CalibrationFile | None = None) -> CalibrationFile:
-    """Refit a card's calibration from `plan --apply` run logs (see planner.calibration_fit)."""
-    from planner.calibration_fit import calibrate_from_log as fit_from_log
+    """Refit a card's calibration from `plan --apply` run logs (see planner.hardware.calibration_fit)."""
+    from planner.hardware.calibration_fit import calibrate_from_log as fit_from_log
 
     return fit_from_log(log_path, base=base)

@@ -1,6 +1,6 @@
 """Click options of the auto-configurator, and the hand-off from parsed options to search/check/sweep.
 
-`--out DIR`, `--epochs E` and `--force` are shared with `--apply` (planner.apply_options defines them);
+`--out DIR`, `--epochs E` and `--force` are shared with `--apply` (planner.cli.apply defines them);
 these options add only what the search needs:
 
     @search_options

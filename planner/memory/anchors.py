@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 
-from planner.model_spec import ModelSpec
-from planner.params import count_params, linear_layers, lora_adapter_params
+from planner.model.params import count_params, linear_layers, lora_adapter_params
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 GIB = 1 << 30

@@ -1,6 +1,6 @@
 """Fit DeviceOverheads to measurements, and refine a calibration from `plan --apply` run logs.
 
-Three small least-squares problems, one per layer of the device model (planner.calibration):
+Three small least-squares problems, one per layer of the device model (planner.hardware.calibration):
 
     allocated - predicted tensors = cublas_workspace + kernel_temp x tokens x hidden
     reserved  - allocated         = slack_ratio x allocated + slack + slack_vocab x tokens x vocab
@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from planner.calibration import CalibrationFile, DeviceOverheads, card_key, load_calibrations
 from planner.errors import UserError
+from planner.hardware.calibration import CalibrationFile, DeviceOverheads, card_key, load_calibrations
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def logits_vocab(rec: dict[str, Any]) -> int:
     name = model.get("name") if isinstance(model, dict) else None
     if not name:
         return 0
-    from planner.catalog import find_model
+    from planner.model.catalog import find_model
 
     entry = find_model(name) or find_model(name.rsplit("-", 1)[0])  # "<model>-2L": a shortened copy
     return entry.spec.vocab_size if entry else 0
@@ -211,7 +211,7 @@ def _catalog_hidden(rec: dict[str, Any]) -> int | None:
     name = (rec.get("model") or {}).get("name")
     if not name:
         return None
-    from planner.catalog import find_model
+    from planner.model.catalog import find_model
 
     entry = find_model(name)
     return entry.spec.hidden_size if entry else None

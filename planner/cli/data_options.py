@@ -16,7 +16,7 @@ from planner.data.analysis import DataRequest
 from planner.data.formats import FORMATS
 from planner.data.templates import BUILTIN
 from planner.errors import UserError
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 
 _OPTIONS = [
     click.option("--data", "data", multiple=True, metavar="PATH",

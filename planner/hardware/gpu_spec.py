@@ -35,7 +35,7 @@ class GpuSetup:
     free_bytes: int | None = None  # per card, when detected
     driver: str | None = None
     # RAM per node the plan is made for (--host-mem, this machine's, or a card-class default: see
-    # planner.host_memory.host_ram_for, which fills in the default when this is None)
+    # planner.hardware.host_memory.host_ram_for, which fills in the default when this is None)
     host_ram_bytes: int | None = None
     host_ram_source: str = ""
     note: str | None = None  # e.g. "no GPU found: planning for the default card RTX4090"

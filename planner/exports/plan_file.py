@@ -26,15 +26,15 @@ import yaml
 
 from planner import __version__
 from planner.errors import UserError
-from planner.gpu_spec import GpuSetup
-from planner.hparams import DEFAULT_EPOCHS
-from planner.model_spec import ModelSpec
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.spec import ModelSpec
+from planner.search.hparams import DEFAULT_EPOCHS
 from planner.train_config import TrainConfig
 
 # Run-length and optimizer settings that are not memory decisions (HF TrainingArguments names).
 TRAINING_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-4,
-    "num_train_epochs": DEFAULT_EPOCHS,  # what the plan shows without data (planner.hparams)
+    "num_train_epochs": DEFAULT_EPOCHS,  # what the plan shows without data (planner.search.hparams)
     "max_steps": None,  # None: train num_train_epochs
     "save_steps": 500,
     "logging_steps": 1,
@@ -276,7 +276,7 @@ class PlanFile:
 
     def model_spec(self) -> ModelSpec:
         """The ModelSpec: the folder when it exists here, else the hub id (cache), else the name."""
-        from planner.resolve import resolve_model, spec_from_folder
+        from planner.model.resolve import resolve_model, spec_from_folder
 
         path = self.model.get("path")
         if path and Path(path).expanduser().is_dir():
@@ -288,7 +288,7 @@ class PlanFile:
 
     def gpu_setup(self) -> GpuSetup:
         """The GpuSetup the plan is for. Several CPU processes are allowed (DDP over gloo)."""
-        from planner.gpus import cpu_spec, host_ram_bytes, resolve_setup
+        from planner.hardware.gpus import cpu_spec, host_ram_bytes, resolve_setup
 
         name, count, nodes = str(self.gpu["name"]), int(self.gpu["count"]), int(self.gpu["nodes"])
         if name.lower() == "cpu":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def _mlp_linears(spec: ModelSpec, inter: int, layers: int, *, prefix: str = "") 
 
 def linear_layers(spec: ModelSpec) -> tuple[Linear, ...]:
     """Every projection of the decoder layers (lm_head excluded), with counts per model."""
-    if spec.generic is not None:  # read off the module tree (planner.generic)
+    if spec.generic is not None:  # read off the module tree (planner.model.generic)
         return tuple(Linear(*row) for row in spec.generic.linears)
     out = _attention_linears(spec)
     moe_layers = len(spec.moe_layers)

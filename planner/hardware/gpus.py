@@ -10,9 +10,9 @@ import os
 import re
 from dataclasses import dataclass, replace
 
-from planner.catalog import closest_gpus, default_gpu, find_gpu
 from planner.errors import UserError
-from planner.gpu_spec import GpuSetup, GpuSpec
+from planner.hardware.catalog import closest_gpus, default_gpu, find_gpu
+from planner.hardware.gpu_spec import GpuSetup, GpuSpec
 
 GIB = 1 << 30
 
@@ -114,7 +114,7 @@ def split_gpu_count(text: str) -> tuple[str, int | None]:
 
 def _sanity_notes(spec: GpuSpec, count: int) -> list[str]:
     """Values that parse but cannot be real hardware: said, not refused (planning ahead is allowed)."""
-    from planner.catalog import load_gpus
+    from planner.hardware.catalog import load_gpus
 
     notes = []
     biggest = max(load_gpus(), key=lambda e: e.spec.memory_bytes).spec
@@ -143,7 +143,7 @@ def resolve_setup(gpu: str | None, *, gpus: int | None = None, nodes: int = 1,
 
     Host RAM per node: `host_mem` (--host-mem) when given; this machine's RAM when the plan is for this
     machine (its GPUs were detected, or --gpu cpu); else left to the card-class default
-    (planner.host_memory.default_host_ram), so the search and the final check read one figure.
+    (planner.hardware.host_memory.default_host_ram), so the search and the final check read one figure.
     """
     if gpus is not None and gpus < 1:
         raise UserError(f"--gpus {gpus}: needs at least 1 GPU per node.")
@@ -151,7 +151,7 @@ def resolve_setup(gpu: str | None, *, gpus: int | None = None, nodes: int = 1,
         raise UserError(f"--nodes {nodes}: needs at least 1 node.")
     setup = _resolve_cards(gpu, gpus=gpus, nodes=nodes)
     if host_mem is not None:
-        from planner.host_memory import check_host_mem, parse_size
+        from planner.hardware.host_memory import check_host_mem, parse_size
 
         given = parse_size(host_mem)
         check_host_mem(setup, given, host_mem)

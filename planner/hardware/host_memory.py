@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from planner.errors import UserError
-from planner.gpu_spec import GpuSetup, GpuSpec
+from planner.hardware.gpu_spec import GpuSetup, GpuSpec
 
 GIB = 1 << 30
 # What the plan may use of a node's RAM: the OS, page cache for the dataset and the data-loader workers

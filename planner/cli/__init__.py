@@ -13,12 +13,12 @@ import sys
 import click
 
 from planner import __version__
-from planner.apply_options import apply_options, apply_requested
-from planner.calibration_cli import calibrate_cmd
-from planner.data.cli_options import data_options
+from planner.cli.apply import apply_options, apply_requested
+from planner.cli.calibration import calibrate_cmd
+from planner.cli.data_options import data_options
+from planner.cli.memory_options import memory_options
+from planner.cli.search_options import search_options
 from planner.errors import Infeasible, UserError
-from planner.memory.cli_options import memory_options
-from planner.search.cli_options import search_options
 
 FORMATS = ("table", "json", "yaml")
 
@@ -93,13 +93,13 @@ def cli(ctx, model, gpu, gpus, nodes, offline, fmt, debug, **options):
     if options.get("apply") and not model:  # re-apply a saved plan
         if fmt != "table":
             _apply_document(None, options, fmt)
-        from planner.apply_options import run_apply
+        from planner.cli.apply import run_apply
 
         sys.exit(run_apply(options))
     if not model:
         raise UserError("--model is required.", "Example: plan --model Qwen2.5-7B --gpu RTX4090")
+    from planner.cli.render import emit
     from planner.pipeline import run_plan
-    from planner.render import emit
 
     # A folder that cannot be written is found before the work; the plan is still shown, then exit 2.
     out_problem = _out_problem(options)
@@ -121,7 +121,7 @@ def cli(ctx, model, gpu, gpus, nodes, offline, fmt, debug, **options):
 
 def _out_problem(options) -> UserError | None:
     """The --out folder's problem (or, with --apply, the default run folder's), or None."""
-    from planner.out_dir import check_out_dir
+    from planner.cli.out_dir import check_out_dir
 
     out = options.get("out")
     if not out and not apply_requested(options):
@@ -134,10 +134,10 @@ def _out_problem(options) -> UserError | None:
 
 
 def _check(path, *, gpu, gpus, nodes, options, fmt):
-    from planner.calibration_use import choose_calibration
-    from planner.check import check_config
-    from planner.gpus import resolve_setup
-    from planner.render import dump, stdout_console
+    from planner.cli.render import dump, stdout_console
+    from planner.hardware.calibration_use import choose_calibration
+    from planner.hardware.gpus import resolve_setup
+    from planner.search.check import check_config
 
     setup = resolve_setup(gpu, gpus=gpus, nodes=nodes, host_mem=options.get("host_mem"))
     choice = choose_calibration(setup.gpu, explicit=options.get("calibration"))
@@ -153,8 +153,8 @@ def _check(path, *, gpu, gpus, nodes, options, fmt):
 
 
 def _export(report, options) -> None:
+    from planner.cli.search_options import data_ref_from_params
     from planner.exports.writer import write_exports
-    from planner.search.cli_options import data_ref_from_params
 
     written = write_exports(report.plan, options["out"], model_ref=None,
                             data_ref=data_ref_from_params(options), force=bool(options.get("force")))
@@ -163,9 +163,9 @@ def _export(report, options) -> None:
 
 
 def _plan_file(report, options):
+    from planner.cli.search_options import data_ref_from_params
+    from planner.exports.plan_file import PlanFile
     from planner.exports.writer import training_of
-    from planner.plan_file import PlanFile
-    from planner.search.cli_options import data_ref_from_params
 
     return PlanFile.from_values(report.model, report.train, report.setup, data=data_ref_from_params(options),
                                 training=training_of(report.plan) if report.plan is not None else None,
@@ -173,7 +173,7 @@ def _plan_file(report, options):
 
 
 def _apply(report, options) -> None:
-    from planner.apply_options import run_apply
+    from planner.cli.apply import run_apply
 
     sys.exit(run_apply(options, plan=_plan_file(report, options)))
 
@@ -183,8 +183,8 @@ def _apply_document(report, options, fmt: str) -> None:
     write one object on stdout: the plan (when one was made here) with the run's report under "run"."""
     import json
 
-    from planner.apply_options import apply_kwargs, resolve_plan, run_apply
-    from planner.render import dump, emit, stdout_console, stdout_to_stderr
+    from planner.cli.apply import apply_kwargs, resolve_plan, run_apply
+    from planner.cli.render import dump, emit, stdout_console, stdout_to_stderr
 
     plan = _plan_file(report, options) if report is not None else None
     try:
@@ -210,7 +210,7 @@ def _apply_document(report, options, fmt: str) -> None:
 @_common
 def models_cmd(fmt, debug):
     """List the model catalog (profiles/models)."""
-    from planner.render import emit_models
+    from planner.cli.render import emit_models
 
     emit_models(fmt)
 
@@ -219,7 +219,7 @@ def models_cmd(fmt, debug):
 @_common
 def gpus_cmd(fmt, debug):
     """List the GPU catalog (profiles/gpus.yaml) and the cards on this machine."""
-    from planner.render import emit_gpus
+    from planner.cli.render import emit_gpus
 
     emit_gpus(fmt)
 

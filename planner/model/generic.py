@@ -1,6 +1,6 @@
 """The generic path: any causal LM transformers can build, planned from its own module tree.
 
-Families without an analytic model (planner.model_spec.ARCHS) are built by the runner from config.json
+Families without an analytic model (planner.model.spec.ARCHS) are built by the runner from config.json
 on the meta device (runner.generic); what it reads off the module tree comes back here as plain data,
 a `GenericFacts`: exact parameter counts by group, every Linear, which of them peft wraps and
 bitsandbytes quantizes, the parameter tensors, and the layer kinds. Activations come from fake-tensor
@@ -203,8 +203,8 @@ def generic_spec(config: dict[str, Any], *, name: str, hub_id: str | None = None
                  source_dir: Path | None = None, where: str = "config.json", trust_remote_code: bool = False,
                  published_params: int | None = None):
     """A ModelSpec for a family without an analytic model, from its module tree (see module doc)."""
-    from planner.config_compat import language_config
-    from planner.model_spec import ModelSpec
+    from planner.model.config_compat import language_config
+    from planner.model.spec import ModelSpec
 
     lm, wrapper = language_config(config)
     facts, vision = load_facts(config, where=where, trust_remote_code=trust_remote_code, source_dir=source_dir)

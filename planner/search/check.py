@@ -1,6 +1,6 @@
 """`plan --check train.yaml`: will an existing LLaMA-Factory or Axolotl config fit, and what to change.
 
-The file's keys become a ModelSpec (model_name_or_path / base_model through planner.resolve) and a
+The file's keys become a ModelSpec (model_name_or_path / base_model through planner.model.resolve) and a
 TrainConfig; the memory model estimates it on the given (or detected) GPUs. When it does not fit, the
 search runs with the file's method, rank and cutoff pinned and the differences are the changes to make.
 
@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 
 from planner.errors import Infeasible, UserError
-from planner.gpu_spec import GpuSetup
+from planner.hardware.gpu_spec import GpuSetup
 from planner.memory.breakdown import gpu_limit_bytes
-from planner.model_spec import ModelSpec
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 GIB = 1 << 30
@@ -243,7 +243,7 @@ def _changes(flavor: str, old: TrainConfig, new: TrainConfig) -> list[tuple[str,
 
 def check_config(path: str | Path, setup: GpuSetup, *, margin: float | None = None, estimator=None) -> CheckResult:
     """Estimate an existing training YAML on `setup`; say whether it fits and what to change."""
-    from planner.resolve import resolve_model
+    from planner.model.resolve import resolve_model
     from planner.search import search
     from planner.search.objective import DEFAULT_MARGIN, default_estimator
 
@@ -289,7 +289,7 @@ def check_config(path: str | Path, setup: GpuSetup, *, margin: float | None = No
         plan = search(spec, setup, None, pinned=pinned, margin=margin, estimator=estimate, target_batch=batch,
                       packing=extra.get("packing", False))
         better = plan.throughput.tokens_per_s
-        from planner.throughput import estimate_throughput
+        from planner.search.throughput import estimate_throughput
 
         own = estimate_throughput(spec, train, setup).tokens_per_s if fits else 0.0
         if not fits or better > 1.15 * own:

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from planner.config_compat import language_config
 from planner.errors import UserError
+from planner.model.config_compat import language_config
 
 if TYPE_CHECKING:
-    from planner.generic import GenericFacts
+    from planner.model.generic import GenericFacts
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class ModelSpec:
     # True); 0 when not counted (see `notes`).
     multimodal: str | None = None
     vision_params: int = 0
-    # Families outside ARCHS: what the module tree of the transformers model says (planner.generic)
+    # Families outside ARCHS: what the module tree of the transformers model says (planner.model.generic)
     generic: GenericFacts | None = field(default=None, repr=False)
     notes: tuple[str, ...] = ()
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

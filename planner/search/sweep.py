@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from planner.errors import Infeasible, UserError
-from planner.gpu_spec import GpuSetup
-from planner.model_spec import ModelSpec
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.spec import ModelSpec
 
 GIB = 1 << 30
 # 24 GB consumer cards, 48 GB workstation, 40/80 GB A100, 80 GB H100, 141 GB H200.
@@ -86,7 +86,7 @@ def sweep(model: ModelSpec, data, *, cards: tuple[str, ...] = DEFAULT_CARDS,
           target_batch: int | None = None, margin: float | None = None, epochs: float | None = None,
           packing: bool = False, group_by_length: bool = False, estimator=None) -> SweepTable:
     """Search every (card, count) on one node; a row per setup, infeasible ones included."""
-    from planner.catalog import find_gpu
+    from planner.hardware.catalog import find_gpu
     from planner.search import search
 
     rows: list[SweepRow] = []

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from planner.errors import UserError
-from planner.plan_file import PlanFile, parse_synthetic
+from planner.exports.plan_file import PlanFile, parse_synthetic
 
 INITS = ("pretrained", "random")
 OPTION_NAMES = ("apply", "out", "max_steps", "init", "synthetic_data", "merge", "retry", "force", "epochs",
@@ -101,7 +101,7 @@ def apply_kwargs(params: dict[str, Any], plan: PlanFile, *, console=None) -> dic
 
 def run_apply(params: dict[str, Any], *, plan: PlanFile | None = None, console=None) -> int:
     """Apply the plan; returns the exit status (0 trained, 1 out of memory). Imports torch only here."""
-    from planner.out_dir import check_out_dir
+    from planner.cli.out_dir import check_out_dir
 
     plan = resolve_plan(params, plan)
     kwargs = apply_kwargs(params, plan, console=console)

@@ -115,8 +115,8 @@ def _model_table(report, console) -> None:
 
 
 def emit_models(fmt: str) -> None:
-    from planner.catalog import load_models
-    from planner.params import count_params
+    from planner.model.catalog import load_models
+    from planner.model.params import count_params
 
     rows = [{"name": e.name, "hub_id": e.hub_id, "model_type": e.spec.model_type,
              "params_total": count_params(e.spec).total, "layers": e.spec.num_layers,
@@ -137,8 +137,8 @@ def emit_models(fmt: str) -> None:
 
 
 def emit_gpus(fmt: str) -> None:
-    from planner.catalog import load_gpus
-    from planner.gpus import inspect_gpus
+    from planner.hardware.catalog import load_gpus
+    from planner.hardware.gpus import inspect_gpus
 
     rows = [{"name": e.spec.name, "memory_bytes": e.spec.memory_bytes, "bf16": e.spec.bf16,
              "fp8": e.spec.fp8, "bf16_tflops": e.spec.bf16_tflops, "bandwidth_gbs": e.spec.bandwidth_gbs,

@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from planner.gpu_spec import GpuSetup
-from planner.model_spec import ModelSpec
-from planner.params import count_params
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.params import count_params
+from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
 # (learning rate, reference effective batch, source). Square-root scaling around the reference batch

@@ -14,12 +14,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from planner.catalog import ModelEntry, closest_models, find_model
-from planner.config_compat import language_config
 from planner.errors import UserError
-from planner.generic import generic_spec, stack_key
-from planner.hub import hub_reachable, offline_requested
-from planner.model_spec import ARCHS, ModelSpec
+from planner.model.catalog import ModelEntry, closest_models, find_model
+from planner.model.config_compat import language_config
+from planner.model.generic import generic_spec, stack_key
+from planner.model.hub import hub_reachable, offline_requested
+from planner.model.spec import ARCHS, ModelSpec
 
 
 def _read_config(path: Path) -> dict:
@@ -43,7 +43,7 @@ def _read_config(path: Path) -> dict:
 def spec_from_config(config: dict, *, name: str, hub_id: str | None = None, source: str = "folder",
                      source_dir: Path | None = None, where: str = "config.json",
                      published_params: int | None = None, trust_remote_code: bool = False) -> ModelSpec:
-    """The analytic model when the family has one, else the generic path (planner.generic); an
+    """The analytic model when the family has one, else the generic path (planner.model.generic); an
     image-text checkpoint plans its language model and counts its vision tower when it can."""
     lm, wrapper = language_config(config)
     kwargs = dict(name=name, hub_id=hub_id, source=source, source_dir=source_dir, where=where,

@@ -1,7 +1,7 @@
 """Calibration in the loop: which calibration a plan uses, with what margin, and the estimator built on it.
 
 `plan` picks the calibration for the card and the software stack the run will use (this machine's own
-from `plan calibrate --from-log` first, then profiles/calibration; planner.calibration.select_calibration),
+from `plan calibrate --from-log` first, then profiles/calibration; planner.hardware.calibration.select_calibration),
 plans with its overheads, and derives the safety margin from its evidence: the fit's own worst
 under-prediction plus a term for what was not measured that shrinks as 1/sqrt(measurements). A file that
 cannot be read, or one given with --calibration for another card, is ignored with one warning naming it.
@@ -23,7 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from planner.calibration import (
+from planner.errors import UserError
+from planner.hardware.calibration import (
     MARGIN_NONE,
     CalibrationFile,
     card_key,
@@ -31,8 +32,7 @@ from planner.calibration import (
     select_calibration,
     user_calibration_dir,
 )
-from planner.errors import UserError
-from planner.gpu_spec import GpuSpec
+from planner.hardware.gpu_spec import GpuSpec
 
 # margin = |the fit's worst under-prediction| + UNSEEN / sqrt(n), within [MIN, MAX]: 24 measurements with
 # a 1% worst miss give 2%; 7 with a 9.6% miss give 11.5%.

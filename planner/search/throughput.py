@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from planner.gpu_spec import GpuSetup
-from planner.lengths import PACKING_EFFICIENCY, LengthProfile
-from planner.model_spec import ModelSpec
-from planner.params import active_params, count_params, linear_layers
-from planner.params import lora_adapter_params as _adapter_params
+from planner.hardware.gpu_spec import GpuSetup
+from planner.model.params import active_params, count_params, linear_layers
+from planner.model.params import lora_adapter_params as _adapter_params
+from planner.model.spec import ModelSpec
+from planner.search.lengths import PACKING_EFFICIENCY, LengthProfile
 from planner.train_config import TrainConfig
 
 

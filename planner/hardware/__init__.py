@@ -1,0 +1,1 @@
+"""The hardware: GPU cards (catalog, detection), host memory, calibration of the memory model."""

@@ -1,0 +1,1 @@
+"""The model: its config, parameter counts, the catalog of known models, the generic path."""
