@@ -8,7 +8,7 @@ them, so the two outputs cannot disagree.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from planner.hardware.gpu_spec import GpuSetup
@@ -16,31 +16,8 @@ from planner.hardware.gpus import resolve_setup
 from planner.model.params import ParamCounts, active_params, count_params
 from planner.model.resolve import resolve_model_noted
 from planner.model.spec import ModelSpec
+from planner.request import PlanRequest
 from planner.train_config import TrainConfig
-
-# --flag (click parameter name) -> the TrainConfig fields it pins.
-FLAG_FIELDS: dict[str, tuple[str, ...]] = {
-    "method": ("finetuning_type", "quantization_bit"),
-    "dtype": ("dtype",),
-    "amp": ("amp",),
-    "trainer": ("trainer",),
-    "stack": ("stack",),
-    "quant": ("quantization_bit",),
-    "cutoff": ("cutoff_len",),
-    "batch_size": ("per_device_train_batch_size",),
-    "grad_accum": ("gradient_accumulation_steps",),
-    "lora_rank": ("lora_rank",),
-    "lora_alpha": ("lora_alpha",),
-    "lora_target": ("lora_target",),
-    "lora_dropout": ("lora_dropout",),
-    "dora": ("use_dora",),
-    "attn": ("attn_implementation",),
-    "optim": ("optim",),
-    "grad_ckpt": ("gradient_checkpointing",),
-    "liger": ("use_liger_kernel",),
-    "zero": ("deepspeed_stage",),
-    "offload": ("offload",),
-}
 
 
 @dataclass
@@ -115,42 +92,19 @@ class Report:
         return out
 
 
-def pinned_from_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The TrainConfig fields the user set on the command line (validated by the memory options)."""
-    from planner.cli.memory_options import train_config_from_options
-
-    given = [flag for flag in FLAG_FIELDS if options.get(flag) is not None]
-    if not given:
-        return {}
-    config = train_config_from_options(options, TrainConfig())
-    names = {f.name for f in fields(TrainConfig)}
-    pinned: dict[str, Any] = {}
-    for flag in given:
-        for name in FLAG_FIELDS[flag]:
-            if name in names:
-                pinned[name] = getattr(config, name)
-    if options.get("method") in ("lora", "full", "freeze") and options.get("quant") is None:
-        pinned["quantization_bit"] = None  # --method lora means 16-bit LoRA, not "QLoRA if it must"
-    return pinned
-
-
-def _data_stage(spec: ModelSpec, options: dict[str, Any], report: Report):
-    from planner.cli.data_options import data_request_from_options
-
-    request = data_request_from_options(options, spec)
-    if request is None:
+def _data_stage(spec: ModelSpec, request: PlanRequest, report: Report):
+    if request.data is None:
         return None
     from planner.data import analyze, render_data
 
-    stats = analyze(request, spec, progress=options.get("fmt") == "table")
+    stats = analyze(request.data, spec, progress=request.progress)
     report.sections["data"] = Section(stats.to_json(), lambda console: render_data(stats, console))
     return stats
 
 
-def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
-             options: dict[str, Any]) -> Report:
-    spec, model_note = resolve_model_noted(model, trust_remote_code=bool(options.get("trust_remote_code")))
-    setup = resolve_setup(gpu, gpus=gpus, nodes=nodes, host_mem=options.get("host_mem"))
+def run_plan(request: PlanRequest) -> Report:
+    spec, model_note = resolve_model_noted(request.model, trust_remote_code=request.trust_remote_code)
+    setup = resolve_setup(request.gpu, gpus=request.gpus, nodes=request.nodes, host_mem=request.host_mem)
     report = Report(model=spec, params=count_params(spec), params_active=active_params(spec), setup=setup)
     if model_note:
         report.model_note = model_note
@@ -165,9 +119,9 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
         report.notes.append(line)
         report.sections["allocator"] = {ALLOC_CONF: os.environ.get(ALLOC_CONF), "expandable_segments": expandable,
                                         "note": line}
-    choice = _calibration_stage(setup, options, report)
-    stats = _data_stage(spec, options, report)
-    pinned = pinned_from_options(options)
+    choice = _calibration_stage(setup, request, report)
+    stats = _data_stage(spec, request, report)
+    pinned = request.pinned
     if setup.gpu.is_cpu and pinned.get("optim") == "adamw_torch":
         # torch.optim.AdamW defaults to foreach only when every parameter is on CUDA
         # (torch/optim/optimizer.py _default_to_fused_or_foreach): on the CPU it runs the for-loop.
@@ -182,46 +136,38 @@ def run_plan(*, model: str, gpu: str | None, gpus: int | None, nodes: int,
             f"--cutoff {pinned['cutoff_len']} is beyond {spec.name}'s context of {context:,} tokens: positions "
             f"past it were never trained; enable RoPE scaling (e.g. rope_scaling: yarn, factor "
             f"{math.ceil(pinned['cutoff_len'] / context)}) or use --cutoff {context} or less")
-    if options.get("synthetic_data") and "cutoff_len" not in pinned:
-        from planner.exports.plan_file import parse_synthetic
-
-        # --synthetic-data N:LEN trains rows of LEN tokens: plan for exactly that length.
-        pinned["cutoff_len"] = parse_synthetic(options["synthetic_data"])[1]
-    if options.get("sweep"):
-        from planner.cli.search_options import search_kwargs
+    if request.sweep:
         from planner.search.sweep import sweep
 
-        report.sections["sweep"] = sweep(spec, stats, pinned=pinned, **search_kwargs(options))
+        report.sections["sweep"] = sweep(spec, stats, pinned=pinned, **request.search.kwargs())
         return report
-    if options.get("fixed"):
-        _fixed_stage(spec, setup, stats, pinned, report, margin=_margin(options, choice),
+    if request.fixed:
+        _fixed_stage(spec, setup, stats, pinned, report, margin=_margin(request, choice),
                      estimator=choice.estimator())
     else:
-        _search_stage(spec, setup, stats, pinned, options, report, choice)
-    if options.get("simulate"):
-        _simulate_stage(spec, report)
+        _search_stage(spec, setup, stats, pinned, request, report, choice)
     return report
 
 
-def _calibration_stage(setup: GpuSetup, options: dict[str, Any], report: Report):
+def _calibration_stage(setup: GpuSetup, request: PlanRequest, report: Report):
     """Which calibration the plan uses (said in the notes and the JSON), its margin, and any file ignored."""
     from planner.hardware.calibration_use import choose_calibration
 
-    choice = choose_calibration(setup.gpu, explicit=options.get("calibration"))
+    choice = choose_calibration(setup.gpu, explicit=request.calibration)
     report.warnings.extend(choice.warnings)
     if not setup.gpu.is_cpu:
         report.notes.append(choice.note)
-        margin = ("--margin given" if options.get("margin") is not None else choice.margin_why)
-        report.notes.append(f"safety margin: {_margin(options, choice):.1%} ({margin})")
+        margin = ("--margin given" if request.search.margin is not None else choice.margin_why)
+        report.notes.append(f"safety margin: {_margin(request, choice):.1%} ({margin})")
     report.sections["calibration"] = choice.to_json()
     return choice
 
 
-def _margin(options: dict[str, Any], choice=None) -> float:
+def _margin(request: PlanRequest, choice=None) -> float:
     from planner.search.objective import DEFAULT_MARGIN
 
-    if options.get("margin") is not None:
-        return float(options["margin"])
+    if request.search.margin is not None:
+        return request.search.margin
     return choice.margin if choice is not None else DEFAULT_MARGIN
 
 
@@ -256,12 +202,11 @@ def _fixed_stage(spec: ModelSpec, setup: GpuSetup, stats, pinned: dict[str, Any]
             report.notes.append("this configuration does not fit; drop --fixed to let the planner search")
 
 
-def _search_stage(spec, setup, stats, pinned, options, report: Report, choice) -> None:
-    from planner.cli.search_options import search_kwargs
+def _search_stage(spec, setup, stats, pinned, request: PlanRequest, report: Report, choice) -> None:
     from planner.errors import Infeasible
     from planner.search import search
 
-    kwargs = {**search_kwargs(options), "margin": _margin(options, choice), "estimator": choice.estimator()}
+    kwargs = {**request.search.kwargs(), "margin": _margin(request, choice), "estimator": choice.estimator()}
     try:
         plan = search(spec, setup, stats, pinned=pinned, **kwargs)
     except Infeasible as exc:
@@ -292,82 +237,11 @@ def _trainable(spec: ModelSpec, train: TrainConfig) -> int:
 def _render_config(train: TrainConfig, console) -> None:
     from rich.table import Table
 
-    from planner.cli.render import display_value
+    from planner.units import display_value
 
     t = Table(title=f"Configuration ({train.method}, fixed: no search)", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
     for key, value in train.to_json().items():
         t.add_row(key, display_value(value))
-    console.print(t)
-
-
-def _traceable(train: TrainConfig) -> tuple[TrainConfig, list[str]]:
-    """The nearest config fake tensors can run, and what was changed to get it.
-
-    Liger's Triton kernels and DeepSpeed's partitioning have no fake-tensor path (runner.build.
-    check_oracle_runnable); the step without them is still architecture-exact for everything else.
-    """
-    changes, traced = [], train
-    if train.use_liger_kernel:
-        traced = traced.with_(use_liger_kernel=False)
-        changes.append("without Liger Kernel (its Triton kernels have no fake-tensor path; its fused "
-                       "cross-entropy would not hold the logits)")
-    if train.deepspeed_stage or train.offload != "none":
-        traced = traced.with_(deepspeed_stage=0, offload="none")
-        changes.append(f"without DeepSpeed ZeRO-{train.deepspeed_stage} (one process holds every state)")
-    return traced, changes
-
-
-def _simulate_stage(spec: ModelSpec, report: Report) -> None:
-    """--simulate: trace the step with fake tensors (needs torch + transformers, no GPU)."""
-    from planner.errors import UserError
-
-    train = report.train or TrainConfig()
-    try:
-        from runner.simulate import simulate_cli
-    except ImportError as exc:
-        raise UserError(f"--simulate needs the training extra ({exc.name} is not installed).",
-                        "Install it with: pip install 'vramplan[train]'") from None
-    traced, changes = _traceable(train)
-    result = simulate_cli(spec, traced, traced.per_device_train_batch_size, traced.cutoff_len)
-    if changes:
-        from planner.memory import estimate_memory
-
-        # Compared with the analytic model of the same traced config, not of the plan.
-        result["traced_instead"] = "the planned config " + "; ".join(changes)
-        result["traced_config"] = traced.to_json()
-        result["analytic_phases"] = estimate_memory(spec, traced, report.setup).to_json().get("phases", {})
-        result["analytic_peak_tensor_bytes"] = estimate_memory(spec, traced, report.setup).peak_tensor_bytes
-    if not result.get("ok"):
-        report.notes.append(f"--simulate could not trace this config ({result.get('reason')}); "
-                            "showing the analytic model only. Fake tensors run the CPU kernels: pin "
-                            "--quant none to trace a config they can run")
-    report.sections["simulation"] = Section(result, lambda console: _render_simulation(result, report, console))
-
-
-def _render_simulation(result: dict[str, Any], report: Report, console) -> None:
-    from rich.table import Table
-
-    from planner.cli.render import gib
-
-    if not result.get("ok"):
-        return
-    title = "Fake-tensor simulation (architecture-exact, no GPU) vs the analytic model"
-    if result.get("traced_instead"):
-        # Said before the figures: they are not the plan's own config.
-        console.print(f"[yellow]--simulate traced {result['traced_instead']}; both columns are for that "
-                      "config.[/]")
-        title += " (traced config)"
-        predicted, peak = result.get("analytic_phases", {}), result.get("analytic_peak_tensor_bytes")
-    else:
-        memory = report.breakdown or (report.plan.memory if report.plan else None)
-        predicted = memory.to_json().get("phases", {}) if memory is not None else {}
-        peak = memory.peak_tensor_bytes if memory is not None else None
-    t = Table(title=title, title_justify="left")
-    for col in ("phase", "simulated", "analytic"):
-        t.add_column(col, justify="right" if col != "phase" else "left")
-    for phase, value in result.get("phases", {}).items():
-        t.add_row(phase, gib(value), gib(predicted.get(phase)))
-    t.add_row("peak (tensors)", gib(result.get("peak_tensor_bytes")), gib(peak))
     console.print(t)

@@ -7,3 +7,9 @@
 
 Heavy imports (torch, transformers, peft) happen inside functions: importing runner costs nothing.
 """
+
+from planner.model.generic import use_torch_side as _use_torch_side
+from runner.side import RunnerSide as _RunnerSide
+
+# The planner core never imports runner/: this hands it the torch side its generic path asks for.
+_use_torch_side(_RunnerSide())

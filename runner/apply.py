@@ -6,7 +6,7 @@ config (written to OUT/plan.next.yaml); --retry trains that one, resuming from t
 
     >>> apply_plan(PlanFile.load("runs/a/plan.yaml"), out_dir=Path("runs/b"), max_steps=20)
     0
-    python -m runner.apply --plan runs/a/plan.yaml --out runs/b --max-steps 20
+    python -m planner.cli.apply --plan runs/a/plan.yaml --out runs/b --max-steps 20   (the torchrun entry)
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -343,45 +342,3 @@ class _Stub:
 
 def _rank() -> int:
     return int(os.environ.get("RANK", 0))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m runner.apply --plan PLAN.yaml --out DIR [...]`: the torchrun entry, usable by hand."""
-    import click
-
-    from planner.cli.apply import apply_options
-    from planner.exports.plan_file import parse_synthetic
-
-    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-    @click.option("--plan", "plan_path", required=True, type=click.Path(exists=True), help="plan.yaml to apply.")
-    @click.option("--launched", is_flag=True, hidden=True)
-    @click.option("--resume", hidden=True)
-    @apply_options
-    def cmd(plan_path, launched, resume, **params):
-        synthetic = params.get("synthetic_data")
-        plan = PlanFile.load(plan_path)
-        from planner.cli.apply import default_out_dir
-
-        sys.exit(apply_plan(plan, out_dir=params.get("out") or default_out_dir(plan),
-                            max_steps=params.get("max_steps"), init=params.get("init"),
-                            synthetic=parse_synthetic(synthetic) if synthetic else None, merge=params["merge"],
-                            retry=params["retry"], force=params["force"], epochs=params.get("epochs"),
-                            node_rank=params.get("node_rank"), master_addr=params.get("master_addr"),
-                            master_port=params.get("master_port") or 29500, launched=launched, resume=resume))
-
-    try:
-        cmd.main(args=argv, prog_name="python -m runner.apply", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
-    except UserError as exc:
-        click.secho(f"error: {exc.message}", fg="red", err=True)
-        if exc.hint:
-            click.echo(exc.hint, err=True)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -50,14 +50,14 @@ def write_deepspeed_config(train: TrainConfig, out_dir: Path) -> Path | None:
 def torchrun_command(plan_path: Path, out_dir: Path, *, nproc: int, nnodes: int = 1, node_rank: int = 0,
                      master_addr: str | None = None, master_port: int = 29500,
                      extra: list[str] | None = None) -> list[str]:
-    """The torchrun command line running `python -m runner.apply` once per GPU of this node."""
+    """The torchrun command line running `python -m planner.cli.apply` (the worker entry) once per GPU of this node."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
     if nnodes == 1:
         cmd += ["--standalone"]  # picks a free port on this machine
     else:
         cmd += ["--nnodes", str(nnodes), "--node_rank", str(node_rank),
                 "--master_addr", master_addr or "MASTER_ADDR", "--master_port", str(master_port)]
-    cmd += ["-m", "runner.apply", "--plan", str(plan_path), "--out", str(out_dir), "--launched", *(extra or [])]
+    cmd += ["-m", "planner.cli.apply", "--plan", str(plan_path), "--out", str(out_dir), "--launched", *(extra or [])]
     return cmd
 
 

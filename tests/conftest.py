@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+import runner  # noqa: F401 - hands the planner its torch side, as the command line does
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -84,6 +84,7 @@ def cli(ctx, model, gpu, gpus, nodes, offline, fmt, debug, **options):
     """
     if ctx.invoked_subcommand is not None:
         return
+    import runner  # noqa: F401 - hands the planner its torch side (generic path); costs no torch
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     options = {**options, "fmt": fmt}
@@ -99,11 +100,17 @@ def cli(ctx, model, gpu, gpus, nodes, offline, fmt, debug, **options):
     if not model:
         raise UserError("--model is required.", "Example: plan --model Qwen2.5-7B --gpu RTX4090")
     from planner.cli.render import emit
+    from planner.cli.request import request_from_options
     from planner.pipeline import run_plan
 
+    request = request_from_options(options, model=model, gpu=gpu, gpus=gpus, nodes=nodes)
     # A folder that cannot be written is found before the work; the plan is still shown, then exit 2.
     out_problem = _out_problem(options)
-    report = run_plan(model=model, gpu=gpu, gpus=gpus, nodes=nodes, options=options)
+    report = run_plan(request)
+    if options.get("simulate"):
+        from planner.cli.simulate import simulate_stage
+
+        simulate_stage(report.model, report)
     if out_problem is None and options.get("out") and report.plan is not None and not apply_requested(options):
         try:
             _export(report, options)

@@ -112,3 +112,38 @@ def run_apply(params: dict[str, Any], *, plan: PlanFile | None = None, console=N
         raise UserError(f"--apply needs the training extra ({exc.name} is not installed).",
                         "Install it with: pip install 'vramplan[train]'") from None
     return apply_plan(plan, **kwargs)
+
+
+def worker_main(argv: list[str] | None = None) -> None:
+    """`python -m planner.cli.apply --plan PLAN.yaml --out DIR [...]`: the entry torchrun starts once per GPU
+    (runner.distributed), usable by hand."""
+    import sys
+
+    from runner.apply import apply_plan
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("--plan", "plan_path", required=True, type=click.Path(exists=True), help="plan.yaml to apply.")
+    @click.option("--launched", is_flag=True, hidden=True)
+    @click.option("--resume", hidden=True)
+    @apply_options
+    def cmd(plan_path, launched, resume, **params):
+        plan = PlanFile.load(plan_path)
+        kwargs = apply_kwargs(params, plan)
+        sys.exit(apply_plan(plan, **kwargs, launched=launched, resume=resume))
+
+    try:
+        cmd.main(args=argv, prog_name="python -m planner.cli.apply", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except UserError as exc:
+        click.secho(f"error: {exc.message}", fg="red", err=True)
+        if exc.hint:
+            click.echo(exc.hint, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    worker_main()

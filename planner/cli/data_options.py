@@ -2,7 +2,7 @@
 
     @click.command()
     @data_options
-    def plan(**opts): request = data_request_from_options(opts, spec)
+    def plan(**opts): request = data_request_from_options(opts)
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from planner.data.analysis import DataRequest
 from planner.data.formats import FORMATS
 from planner.data.templates import BUILTIN
 from planner.errors import UserError
-from planner.model.spec import ModelSpec
 
 _OPTIONS = [
     click.option("--data", "data", multiple=True, metavar="PATH",
@@ -50,9 +49,9 @@ def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def data_request_from_options(opts: dict[str, Any], model: ModelSpec) -> DataRequest | None:
-    """The DataRequest of the parsed flags; None when no data was given. `model` is for future
-    per-model defaults (the tokenizer chain reads it in analyze)."""
+def data_request_from_options(opts: dict[str, Any]) -> DataRequest | None:
+    """The DataRequest of the parsed flags; None when no data was given (the tokenizer chain reads the
+    model in planner.data.analyze)."""
     data = tuple(opts.get("data") or ())
     dataset = tuple(opts.get("dataset") or ())
     if not data and not dataset:

@@ -15,57 +15,33 @@ from typing import Any
 import click
 
 from planner.errors import UserError
-from planner.train_config import ATTN_IMPLS, DTYPES, OFFLOAD, OPTIMIZERS, TrainConfig
+from planner.request import TRAIN_FLAGS, TrainFlag
+from planner.train_config import TrainConfig
 
-_OPTIONS = [
-    click.option("--trainer", metavar="llamafactory|trl|axolotl|peft",
-                 help="Whose recipe trains the plan (what it upcasts, how it checkpoints, cuts and masks the "
-                      "data): llamafactory (default), trl, axolotl, peft (transformers Trainer + "
-                      "prepare_model_for_kbit_training). profiles/trainers.yaml cites each fact."),
-    click.option("--stack", metavar="PKG==VER,...",
-                 help="Plan for another machine's software (default: the versions installed here), e.g. "
-                      "transformers==4.57 (MoE experts quantized by bitsandbytes), trl==0.21."),
-    click.option("--method", type=click.Choice(["lora", "qlora", "full", "freeze"]),
-                 help="Fine-tuning method. qlora = LoRA on a 4-bit (or --quant 8) base."),
-    click.option("--dtype", type=click.Choice(DTYPES), help="Dtype the weights are loaded and trained in."),
-    click.option("--amp", type=click.Choice(["bf16", "fp16"]),
-                 help="Autocast dtype with --dtype fp32 (fp32 weights, 16-bit compute)."),
-    click.option("--quant", type=click.Choice(["none", "8", "4"]),
-                 help="bitsandbytes quantization of the base weights (LoRA only): 4 = NF4 (QLoRA), 8 = LLM.int8."),
-    click.option("--cutoff", type=click.IntRange(min=1), metavar="N",
-                 help="Maximum tokens per sample (cutoff_len); longer samples are truncated."),
-    click.option("--batch-size", "batch_size", type=click.IntRange(min=1), metavar="N",
-                 help="Samples per GPU per micro-batch (per_device_train_batch_size)."),
-    click.option("--grad-accum", "grad_accum", type=click.IntRange(min=1), metavar="N",
-                 help="Micro-batches per optimizer step (gradient_accumulation_steps)."),
-    click.option("--lora-rank", "lora_rank", type=click.IntRange(min=1), metavar="N", help="LoRA rank r."),
-    click.option("--lora-alpha", "lora_alpha", type=click.IntRange(min=1), metavar="N",
-                 help="LoRA alpha (scaling = alpha / r); no effect on memory."),
-    click.option("--lora-target", "lora_target", metavar="all|q_proj,v_proj,...",
-                 help="Linear layers that get adapters: all (every decoder linear) or a comma list."),
-    click.option("--lora-dropout", "lora_dropout", type=click.FloatRange(0.0, 1.0, max_open=True), metavar="X",
-                 help="Dropout on the adapter input; > 0 saves a mask and a copy of each input (more memory)."),
-    click.option("--dora", is_flag=True, default=None, help="Weight-decomposed LoRA (DoRA)."),
-    click.option("--attn", type=click.Choice(ATTN_IMPLS),
-                 help="Attention implementation; eager keeps the s x s scores (much more memory)."),
-    click.option("--optim", type=click.Choice(OPTIMIZERS), metavar="NAME",
-                 help=f"Optimizer (HF TrainingArguments.optim): {', '.join(OPTIMIZERS)}."),
-    click.option("--grad-ckpt/--no-grad-ckpt", "grad_ckpt", default=None,
-                 help="Activation checkpointing: keeps one tensor per layer, recomputes in backward "
-                      "(~30% slower, far less memory)."),
-    click.option("--liger/--no-liger", "liger", default=None,
-                 help="Liger Kernel (fused RMSNorm, SwiGLU, RoPE, linear cross-entropy: no logits tensor)."),
-    click.option("--zero", type=click.IntRange(0, 3), metavar="0..3",
-                 help="DeepSpeed ZeRO stage (0 = no DeepSpeed)."),
-    click.option("--offload", type=click.Choice(OFFLOAD),
-                 help="ZeRO offload to host RAM: optimizer states (ZeRO 1-3) or also parameters (ZeRO 3)."),
-]
+# Flags whose value is not the field's value as typed: set by train_config_from_options itself.
+_CONVERTED = ("trainer", "stack", "method", "quant", "lora_target")
+
+
+def _click_option(flag: TrainFlag):
+    kwargs: dict[str, Any] = {"help": flag.help, "metavar": flag.metavar}
+    if flag.choices:
+        kwargs["type"] = click.Choice(flag.choices)
+        if flag.metavar is None:
+            del kwargs["metavar"]
+    elif flag.minimum is not None:
+        kwargs["type"] = click.IntRange(flag.minimum, flag.maximum)
+    elif flag.unit_interval:
+        kwargs["type"] = click.FloatRange(0.0, 1.0, max_open=True)
+    if flag.switch:
+        kwargs.update(default=None, **({} if "/" in flag.decl else {"is_flag": True}))
+        del kwargs["metavar"]
+    return click.option(flag.decl, flag.param, **kwargs)
 
 
 def memory_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add the memory-model flags to a click command."""
-    for option in reversed(_OPTIONS):
-        f = option(f)
+    for flag in reversed(TRAIN_FLAGS):
+        f = _click_option(flag)(f)
     return f
 
 
@@ -106,14 +82,10 @@ def train_config_from_options(opts: dict[str, Any], base: TrainConfig) -> TrainC
             changes["quantization_bit"] = None
     if quant is not None and method != "qlora":
         changes["quantization_bit"] = None if quant == "none" else int(quant)
-    simple = {"dtype": "dtype", "amp": "amp", "cutoff": "cutoff_len", "batch_size": "per_device_train_batch_size",
-              "grad_accum": "gradient_accumulation_steps", "lora_rank": "lora_rank", "lora_alpha": "lora_alpha",
-              "lora_dropout": "lora_dropout", "dora": "use_dora", "attn": "attn_implementation", "optim": "optim",
-              "grad_ckpt": "gradient_checkpointing", "liger": "use_liger_kernel", "zero": "deepspeed_stage",
-              "offload": "offload"}
-    for flag, name in simple.items():
-        if opts.get(flag) is not None:
-            changes[name] = opts[flag]
+    for flag in TRAIN_FLAGS:
+        if flag.param not in _CONVERTED and opts.get(flag.param) is not None:
+            (name,) = flag.fields
+            changes[name] = opts[flag.param]
     if opts.get("lora_target") is not None:
         changes["lora_target"] = _targets(str(opts["lora_target"]))
     config = base.with_(**changes)
@@ -163,3 +135,15 @@ def _validate(c: TrainConfig, opts: dict[str, Any]) -> None:
         raise UserError(f"--optim {c.optim} --zero {c.deepspeed_stage}: DeepSpeed runs its own optimizer on the "
                         "fp32 partitions; bitsandbytes optimizers are not supported there.",
                         "Use --optim adamw_torch with --zero, or drop --zero.")
+
+
+def pinned_from_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields the flags pin (validated): {field: value} of every flag given, in table order."""
+    given = [flag for flag in TRAIN_FLAGS if opts.get(flag.param) is not None]
+    if not given:
+        return {}
+    config = train_config_from_options(opts, TrainConfig())
+    pinned = {name: getattr(config, name) for flag in given for name in flag.fields}
+    if opts.get("method") in ("lora", "full", "freeze") and opts.get("quant") is None:
+        pinned["quantization_bit"] = None  # --method lora means 16-bit LoRA, not "QLoRA if it must"
+    return pinned

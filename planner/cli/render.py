@@ -8,31 +8,7 @@ import os
 import sys
 from typing import Any
 
-GIB = 1 << 30
-
-
-def gib(n: int | float | None) -> str:
-    return "-" if n is None else f"{n / GIB:.2f} GiB"
-
-
-def display_value(value: Any) -> str:
-    """A setting as people write it in a table: None -> "-", True -> "on", ("all",) -> "all", 0.5 -> "0.5"."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(display_value(v) for v in value) or "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def human_count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
+from planner.units import GIB, display_value, gib, human_count  # noqa: F401 - re-exported
 
 
 def stdout_console(stderr: bool = False):

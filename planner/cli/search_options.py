@@ -5,8 +5,7 @@ these options add only what the search needs:
 
     @search_options
     def cli(..., **params): ...
-    kwargs = search_kwargs(params)            # target_batch, margin, epochs, packing, group_by_length
-    plan = search(spec, setup, data, pinned=pinned, **kwargs)
+    request = request_from_options(params, model=...)   # planner.cli.request: request.search holds them
     if params["out"]: write_exports(plan, params["out"], force=params["force"], ...)
 """
 
@@ -42,17 +41,6 @@ def search_options(f):
     for option in reversed(options):
         f = option(f)
     return f
-
-
-def search_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of planner.search.search from parsed click params."""
-    return {
-        "target_batch": params.get("target_batch"),
-        "margin": params.get("margin"),
-        "epochs": params.get("epochs"),
-        "packing": bool(params.get("packing")),
-        "group_by_length": bool(params.get("group_by_length")),
-    }
 
 
 def data_ref_from_params(params: dict[str, Any]) -> dict[str, Any] | None:

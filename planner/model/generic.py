@@ -1,7 +1,8 @@
 """The generic path: any causal LM transformers can build, planned from its own module tree.
 
-Families without an analytic model (planner.model.spec.ARCHS) are built by the runner from config.json
-on the meta device (runner.generic); what it reads off the module tree comes back here as plain data,
+Families without an analytic model (planner.model.spec.ARCHS) are built by the torch side from config.json
+on the meta device (runner.generic, reached through the installed TorchSide: the planner never imports
+runner/); what it reads off the module tree comes back here as plain data,
 a `GenericFacts`: exact parameter counts by group, every Linear, which of them peft wraps and
 bitsandbytes quantizes, the parameter tensors, and the layer kinds. Activations come from fake-tensor
 traces of a shortened copy (runner.generic_trace), fitted as `Lin` values. Both are cached on disk per
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from planner.errors import UserError
 
@@ -133,18 +134,56 @@ def _write_cache(path: Path, value: dict) -> None:
         pass  # a read-only cache only costs speed
 
 
-def _runner(what: str, model_type: str, where: str):
-    """runner.generic, or one message saying which extra to install and why."""
+class TorchSide(Protocol):
+    """What the torch side (runner/) computes for the generic path, handed to the planner as plain data.
+
+    The planner core never imports runner/: `import runner` installs runner.side.RunnerSide here (the command
+    line does so at start; importing runner costs no torch). Each method may raise ImportError when torch,
+    transformers or peft is missing; the planner turns that into one install message.
+    """
+
+    def check(self) -> None: ...
+
+    def inspect_config(self, config: dict[str, Any], *, where: str, trust_remote_code: bool,
+                       source_dir: str | None) -> dict[str, Any]: ...
+
+    def fit_activations(self, config: dict[str, Any], facts: GenericFacts, key: dict[str, Any]) -> dict[str, Any]: ...
+
+    def vision_facts(self, config: dict[str, Any], *, where: str) -> dict[str, Any]: ...
+
+
+_TORCH_SIDE: TorchSide | None = None
+
+
+def use_torch_side(side: TorchSide | None) -> None:
+    """Install (or, with None, remove) the torch side the generic path asks."""
+    global _TORCH_SIDE
+    _TORCH_SIDE = side
+
+
+def torch_side() -> TorchSide | None:
+    return _TORCH_SIDE
+
+
+def _install_message(what: str, model_type: str, where: str, missing: str | None) -> UserError:
+    return UserError(
+        f"{where}: model_type {model_type!r} has no analytic model in the planner, and {what} needs "
+        f"{missing or 'torch'}, which is not installed.",
+        f"The generic path builds the model from config.json with transformers on the meta device "
+        f"(no weights, no download) to read its exact layout. Install it with: {_EXTRA}",
+    )
+
+
+def _runner(what: str, model_type: str, where: str) -> TorchSide:
+    """The installed torch side, checked importable; else one message saying which extra to install and why."""
+    side = _TORCH_SIDE
+    if side is None:
+        raise _install_message(what, model_type, where, "vramplan's runner package")
     try:
-        import runner.generic as generic
+        side.check()
     except ImportError as exc:
-        raise UserError(
-            f"{where}: model_type {model_type!r} has no analytic model in the planner, and {what} needs "
-            f"{exc.name or 'torch'}, which is not installed.",
-            f"The generic path builds the model from config.json with transformers on the meta device "
-            f"(no weights, no download) to read its exact layout. Install it with: {_EXTRA}",
-        ) from None
-    return generic
+        raise _install_message(what, model_type, where, exc.name) from None
+    return side
 
 
 def _need_stack(model_type: str, where: str) -> str:
@@ -181,10 +220,8 @@ def activation_fit(spec, key: dict[str, Any]) -> dict[str, Any]:
     path = _cache_path("activations", facts.config_hash, stack, key_text)
     value = _read_cache(path)
     if value is None:
-        _runner("tracing its activations", facts.model_type, where)
-        from runner.generic_trace import fit_activations
-
-        value = fit_activations(spec.config, facts, key)
+        side = _runner("tracing its activations", facts.model_type, where)
+        value = side.fit_activations(spec.config, facts, key)
         _write_cache(path, value)
     return value
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from planner.errors import UserError
 from planner.model.catalog import ModelEntry, closest_models, find_model
 from planner.model.config_compat import language_config
-from planner.model.generic import generic_spec, stack_key
+from planner.model.generic import generic_spec, stack_key, torch_side
 from planner.model.hub import hub_reachable, offline_requested
 from planner.model.spec import ARCHS, ModelSpec
 
@@ -58,13 +58,13 @@ def spec_from_config(config: dict, *, name: str, hub_id: str | None = None, sour
 
 def vision_of(config: dict, where: str) -> dict:
     """{vision_params} of an image-text config counted on the meta device, or {} without torch."""
-    if stack_key() is None:
+    side = torch_side()
+    if stack_key() is None or side is None:
         return {}
     try:
-        from runner.generic import vision_facts
+        facts = side.vision_facts(config, where=where)
     except ImportError:
         return {}
-    facts = vision_facts(config, where=where)
     return {"vision_params": int(facts.get("params") or 0),
             "notes": (facts["note"],) if facts.get("note") else ()}
 

@@ -58,16 +58,15 @@ def _summary(plan) -> str:
 
 def _unpin_groups(pinned: dict[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
     """(the flag as the user wrote it, the pinned fields it set) for every flag but --cutoff (its own line)."""
-    from planner.pipeline import FLAG_FIELDS
+    from planner.request import TRAIN_FLAGS
 
     groups = []
-    for flag, keys in FLAG_FIELDS.items():
+    for f in TRAIN_FLAGS:
+        flag, keys, shown = f.param, f.fields, f.spelling
         if flag in ("cutoff", "offload") or (flag == "quant" and "finetuning_type" in pinned):
             continue  # --quant goes with --method, --offload with --zero
         if flag == "zero":
             keys, shown = ("deepspeed_stage", "offload"), "--zero/--offload"
-        else:
-            shown = f"--{flag.replace('_', '-')}"
         if flag == "method" and "finetuning_type" not in pinned:
             continue
         if any(k in pinned for k in keys):

@@ -139,7 +139,7 @@ class Plan:
     def render(self, console) -> None:
         from rich.table import Table
 
-        from planner.cli.render import display_value
+        from planner.units import display_value
 
         s = self.setup
         hw = f"{s.count} x {s.gpu.name}" + (f" x {s.nodes} nodes" if s.nodes > 1 else "")

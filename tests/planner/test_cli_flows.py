@@ -128,11 +128,14 @@ def test_simulate_on_a_plan_with_liger_traces_and_says_what():
     pytest.importorskip("transformers")
     from rich.console import Console
 
+    from planner.cli.request import request_from_options
+    from planner.cli.simulate import simulate_stage
     from planner.pipeline import run_plan
 
     tiny = str(Path(__file__).resolve().parents[2] / "profiles" / "tiny")  # a Qwen2 shape Liger supports
     options = {"cutoff": 256, "batch_size": 1, "simulate": True, "fmt": "table"}
-    report = run_plan(model=tiny, gpu="A100-80G", gpus=None, nodes=1, options=options)
+    report = run_plan(request_from_options(options, model=tiny, gpu="A100-80G"))
+    simulate_stage(report.model, report)
     if not report.train.use_liger_kernel:
         pytest.skip("liger-kernel is not installed: the plan does not choose it")
     sim = report.to_json()["simulation"]

@@ -19,6 +19,7 @@ def plan(*args: str, cwd=None) -> tuple[int, str, str]:
 @pytest.mark.parametrize("data", [(), ("--data", "demo")])
 def test_one_epochs_value_in_the_plan_its_exports_and_apply(tmp_path, data):
     from planner.cli import _plan_file
+    from planner.cli.request import request_from_options
     from planner.pipeline import run_plan
 
     out = tmp_path / "o"
@@ -30,7 +31,7 @@ def test_one_epochs_value_in_the_plan_its_exports_and_apply(tmp_path, data):
     assert yaml.safe_load((out / "llamafactory.yaml").read_text())["num_train_epochs"] == shown
     assert json.loads((out / "training_arguments.json").read_text())["num_train_epochs"] == shown
     options = {"data": tuple(data[1:]), "fmt": "json"}
-    report = run_plan(model="Qwen2.5-0.5B", gpu="RTX4090", gpus=None, nodes=1, options=options)
+    report = run_plan(request_from_options(options, model="Qwen2.5-0.5B", gpu="RTX4090"))
     assert _plan_file(report, options).training["num_train_epochs"] == shown  # what `plan ... --apply` trains
 
 

@@ -163,7 +163,7 @@ def test_module_entry_exits_2_on_a_used_out_dir(tiny, tmp_path):
     plan = PlanFile.from_dict(plan_dict(model, data)).save(tmp_path / "plan.yaml")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "report.json").write_text('{"status": "ok"}')
-    proc = subprocess.run([sys.executable, "-m", "runner.apply", "--plan", str(plan), "--out",
+    proc = subprocess.run([sys.executable, "-m", "planner.cli.apply", "--plan", str(plan), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2, proc.stderr

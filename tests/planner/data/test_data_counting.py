@@ -131,7 +131,7 @@ def test_click_options_make_a_request(bpe_folder):
     @click.command()
     @data_options
     def cmd(**opts):
-        seen["req"] = data_request_from_options(opts, spec_for(bpe_folder))
+        seen["req"] = data_request_from_options(opts)
 
     result = CliRunner().invoke(cmd, ["--data", "demo", "--data", "x.json", "--percentile", "0.95",
                                       "--sample", "10", "--no-cache", "--template", "chatml"])

@@ -1,11 +1,12 @@
-"""The search's click options parse into search() keyword arguments."""
+"""The search's click options parse into the request's SearchOptions (search() keyword arguments)."""
 
 from __future__ import annotations
 
 import click
 from click.testing import CliRunner
 
-from planner.cli.search_options import data_ref_from_params, search_kwargs, search_options
+from planner.cli.request import search_options_of
+from planner.cli.search_options import data_ref_from_params, search_options
 
 
 def test_options_parse_into_search_kwargs():
@@ -20,7 +21,7 @@ def test_options_parse_into_search_kwargs():
     result = CliRunner().invoke(cmd, ["--target-batch", "32", "--margin", "0.1", "--packing", "--group-by-length",
                                       "--epochs", "2", "--sweep", "--check", "train.yaml"])
     assert result.exit_code == 0, result.output
-    assert search_kwargs(seen) == {"target_batch": 32, "margin": 0.1, "epochs": 2.0, "packing": True,
+    assert search_options_of(seen).kwargs() == {"target_batch": 32, "margin": 0.1, "epochs": 2.0, "packing": True,
                                    "group_by_length": True}
     assert seen["sweep"] and seen["check"] == "train.yaml"
     bad = CliRunner().invoke(cmd, ["--margin", "0.9"])

@@ -25,6 +25,7 @@ from planner.hardware.host_memory import (
 from planner.memory import estimate_memory, render_memory
 from planner.model.catalog import load_models
 from planner.pipeline import run_plan
+from planner.request import PlanRequest
 from planner.train_config import TrainConfig
 from tests.planner.test_cli import run
 
@@ -37,8 +38,7 @@ def test_no_exit_0_plan_says_it_does_not_fit_over_the_whole_catalog_grid():
     for model in load_models():
         for card in load_gpus():
             for count, nodes in GRID:
-                report = run_plan(model=model.name, gpu=card.spec.name, gpus=count, nodes=nodes,
-                                  options={"fmt": "json"})
+                report = run_plan(PlanRequest(model=model.name, gpu=card.spec.name, gpus=count, nodes=nodes))
                 walked += 1
                 if report.exit_code != 0:
                     out = report.to_json()
