@@ -12,6 +12,7 @@ allocated and nothing is downloaded: only config.json is read.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
@@ -361,16 +362,14 @@ def _peft_all_linear(model, prefix: str, kinds: list[int]) -> dict[str, Any]:
     LoRA A is [r, in] and B [out, r] (fused experts: [r * E, in] / [out, r * E]): linear in r."""
     from peft import LoraConfig, get_peft_model
 
-    from runner.generic_trace import shortened
-
     first: dict[int, int] = {}
     for i, k in enumerate(kinds):
         first.setdefault(k, i)
     keep = sorted(first.values())
-    copy = shortened(model, prefix, keep)
+    short = shortened(model, prefix, keep)
     layer_kind = {pos: kinds[i] for pos, i in enumerate(keep)}
     try:
-        peft_model = get_peft_model(copy, LoraConfig(r=1, lora_alpha=1, target_modules="all-linear"))
+        peft_model = get_peft_model(short, LoraConfig(r=1, lora_alpha=1, target_modules="all-linear"))
     except ValueError as exc:  # peft refuses some targets (Mamba's out_proj / conv1d): its words, kept
         return {"lora_all_tensors": [], "lora_all_error": str(exc)}
     out: Counter = Counter()
@@ -410,3 +409,31 @@ def vision_facts(config: dict[str, Any], *, where: str) -> dict[str, Any]:
     out = model.get_output_embeddings()
     lm |= {id(p) for p in out.parameters()} if out is not None else set()
     return {"params": sum(n for i, n in total.items() if i not in lm), "wrapper": config["model_type"]}
+
+
+def shortened(model, prefix: str, keep: list[int]):
+    """A deep copy of meta `model` with only decoder layers `keep` (in order), config lists that run
+    per layer (layer_types, ...) sliced to match, and each kept layer renumbered."""
+    import torch
+
+    parent_path, _, attr = prefix.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    full = getattr(parent, attr)
+    setattr(parent, attr, torch.nn.ModuleList([full[i] for i in keep]))
+    try:
+        out = copy.deepcopy(model)
+    finally:
+        setattr(parent, attr, full)
+    n = len(full)
+    configs = {id(m.config): m.config for m in out.modules() if hasattr(m, "config")}
+    for cfg in configs.values():
+        if vars(cfg).get("num_hidden_layers") != n:
+            continue
+        for k, v in per_layer_lists(cfg, n).items():
+            setattr(cfg, k, [v[i] for i in keep])
+        cfg.num_hidden_layers = len(keep)
+    for pos, layer in enumerate(getattr(out.get_submodule(parent_path) if parent_path else out, attr)):
+        for m in layer.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = pos
+    return out

@@ -18,12 +18,12 @@ recompute of one layer under checkpointing), which is where it sits in a decoder
 
 from __future__ import annotations
 
-import copy
 import time
 from fractions import Fraction
 from typing import Any
 
 from planner.train_config import TrainConfig
+from runner.generic import shortened
 
 _PERSISTENT = ("weights", "trainable", "inputs", "optimizer_state", "other")
 LENGTHS = (128, 256, 512)  # fake tensors cost the same at any length; loops over chunks do not
@@ -46,36 +46,6 @@ def _train(key: dict[str, Any]) -> TrainConfig:
                        lora_target=tuple(key.get("lora_target", ("all",))), use_dora=bool(key.get("dora", False)),
                        gradient_checkpointing=bool(key["gc"]), attn_implementation=key["attn"],
                        gradient_accumulation_steps=1, optim="adamw_torch_fused")
-
-
-def shortened(model, prefix: str, keep: list[int]):
-    """A deep copy of meta `model` with only decoder layers `keep` (in order), config lists that run
-    per layer (layer_types, ...) sliced to match, and each kept layer renumbered."""
-    import torch
-
-    parent_path, _, attr = prefix.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    full = getattr(parent, attr)
-    setattr(parent, attr, torch.nn.ModuleList([full[i] for i in keep]))
-    try:
-        out = copy.deepcopy(model)
-    finally:
-        setattr(parent, attr, full)
-    from runner.generic import per_layer_lists
-
-    n = len(full)
-    configs = {id(m.config): m.config for m in out.modules() if hasattr(m, "config")}
-    for cfg in configs.values():
-        if vars(cfg).get("num_hidden_layers") != n:
-            continue
-        for k, v in per_layer_lists(cfg, n).items():
-            setattr(cfg, k, [v[i] for i in keep])
-        cfg.num_hidden_layers = len(keep)
-    for pos, layer in enumerate(getattr(out.get_submodule(parent_path) if parent_path else out, attr)):
-        for m in layer.modules():
-            if isinstance(getattr(m, "layer_idx", None), int):
-                m.layer_idx = pos
-    return out
 
 
 def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, lengths: tuple[int, ...],

@@ -27,7 +27,8 @@ GIB = 1 << 30
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def calibrate_cmd(log_path, out_path, fmt, debug):
     """Fit CUDA context, workspaces and allocator slack to the runs logged on this machine."""
-    from planner.hardware.calibration import calibrate_from_log, user_calibration_dir
+    from planner.hardware.calibration import user_calibration_dir
+    from planner.hardware.calibration_fit import calibrate_from_log
 
     if log_path is None:
         from runner.runlog import runlog_path  # torch-free module

@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from planner.data.formats import FormatSpec
+from planner.data.formats import FormatSpec, Source
 from planner.data.records import SUFFIXES
 from planner.errors import UserError
-
-if TYPE_CHECKING:
-    from planner.data.loaders import Source
 
 
 def load_dataset_info(info_path: Path, names: list[str]) -> list[Source]:
     """Sources of the named entries of one dataset_info.json."""
-    from planner.data.loaders import Source
-
     if not names:
         raise UserError(f"{info_path}: name the entry to use, e.g. {info_path}:NAME or --dataset NAME.")
     if not info_path.is_file():

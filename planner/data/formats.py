@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from planner.errors import UserError
@@ -268,3 +269,12 @@ def _tools(value: Any, where: str) -> list[dict[str, Any]] | None:
             tool = {"type": "function", "function": tool}
         tools.append(tool)
     return tools or None
+
+
+@dataclass(frozen=True)
+class Source:
+    """One data file and how to read it (spec None: detect from its first record)."""
+
+    path: Path
+    spec: FormatSpec | None = None
+    name: str | None = None  # dataset_info entry, for messages

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from planner.data.dataset_info import load_dataset_info
-from planner.data.formats import FORMATS, FormatSpec, Sample, detect_format, to_sample
+from planner.data.formats import FORMATS, FormatSpec, Sample, Source, detect_format, to_sample
 from planner.data.records import (
     SUFFIXES,
     array_blocks,
@@ -28,15 +28,6 @@ from planner.data.records import (
     parse_json_line,
 )
 from planner.errors import UserError
-
-
-@dataclass(frozen=True)
-class Source:
-    """One data file and how to read it (spec None: detect from its first record)."""
-
-    path: Path
-    spec: FormatSpec | None = None
-    name: str | None = None  # dataset_info entry, for messages
 
 
 def demo_path() -> Path:

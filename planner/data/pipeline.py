@@ -15,7 +15,7 @@ from planner.data.encode import Counter, ExactCounter
 from planner.data.estimate import EstimateCounter
 from planner.data.formats import Sample
 from planner.data.skeleton import Skeletons
-from planner.data.templates import BUILTIN, LF_RENDERED, ChatTemplate, family_template
+from planner.data.templates import BUILTIN, LF_RENDERED, ChatTemplate, family_template, unknown_template
 from planner.data.tokenizer_files import TokenizerFiles, pick_template, resolve_tokenizer
 from planner.errors import UserError
 from planner.model.spec import ModelSpec
@@ -135,24 +135,6 @@ def prepare(model: ModelSpec, *, tokenizer: str | None = None, template: str | N
     else:
         chat = tools_chat = ChatTemplate.builtin(family_template(model.model_type, model.vocab_size), special)
     return Prepared(files, counter, chat, tools_chat, special.get("eos_token", ""), note=note)
-
-
-def unknown_template(name: str) -> UserError:
-    """--template NAME that is neither built in nor a file: the closest names, never a silent mapping."""
-    import difflib
-
-    from planner.trainers import recipe
-
-    lf_names = tuple(recipe("llamafactory").value("templates", ()) or ())
-    if name in lf_names:
-        return UserError(f"--template {name}: LLaMA-Factory has this template, but vramplan does not render it "
-                         f"as LLaMA-Factory does (it renders {', '.join(LF_RENDERED)}).",
-                         "Use --template model (the tokenizer's own), a built-in one, or a .jinja file with the "
-                         "same format.")
-    close = difflib.get_close_matches(name, list(BUILTIN) + list(lf_names), n=4, cutoff=0.5)
-    hint = f" Closest: {', '.join(close)}." if close else ""
-    return UserError(f"--template {name!r} is not a template vramplan or LLaMA-Factory knows.{hint}",
-                     f"Built-in: {', '.join(BUILTIN)}; `model` for the model's own; or a .jinja file.")
 
 
 def template_identity(prep: Prepared) -> dict[str, Any]:

@@ -86,8 +86,6 @@ def compile_template(source: str) -> jinja2.Template:
 def builtin_source(name: str) -> str:
     name = _ALIASES.get(name, name)
     if name not in BUILTIN:
-        from planner.data.pipeline import unknown_template
-
         raise unknown_template(name)
     return (resources.files("profiles") / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
 
@@ -208,3 +206,21 @@ def _locate(full: str, content: str, cursor: int, *, start: bool) -> int:
             if at >= 0:
                 return at if start else at + len(needle)
     return cursor
+
+
+def unknown_template(name: str) -> UserError:
+    """--template NAME that is neither built in nor a file: the closest names, never a silent mapping."""
+    import difflib
+
+    from planner.trainers import recipe
+
+    lf_names = tuple(recipe("llamafactory").value("templates", ()) or ())
+    if name in lf_names:
+        return UserError(f"--template {name}: LLaMA-Factory has this template, but vramplan does not render it "
+                         f"as LLaMA-Factory does (it renders {', '.join(LF_RENDERED)}).",
+                         "Use --template model (the tokenizer's own), a built-in one, or a .jinja file with the "
+                         "same format.")
+    close = difflib.get_close_matches(name, list(BUILTIN) + list(lf_names), n=4, cutoff=0.5)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    return UserError(f"--template {name!r} is not a template vramplan or LLaMA-Factory knows.{hint}",
+                     f"Built-in: {', '.join(BUILTIN)}; `model` for the model's own; or a .jinja file.")

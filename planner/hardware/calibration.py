@@ -320,10 +320,3 @@ def select_calibration(gpu: GpuSpec, stack: dict[str, Any] | None = None,
     margin = MARGIN_SAME_ARCH
     return best, (f"no calibration for {gpu.name}; using {best.describe()} (same architecture, "
                   f"+{margin:.0%} margin)"), margin
-
-
-def calibrate_from_log(log_path: Path | str, *, base: CalibrationFile | None = None) -> CalibrationFile:
-    """Refit a card's calibration from `plan --apply` run logs (see planner.hardware.calibration_fit)."""
-    from planner.hardware.calibration_fit import calibrate_from_log as fit_from_log
-
-    return fit_from_log(log_path, base=base)

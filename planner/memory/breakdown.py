@@ -9,6 +9,7 @@ peak of each phase (tensor bytes, device overheads excluded) so the worst moment
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,8 @@ class MemoryBreakdown:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     # for the lazily computed activations-per-1K-tokens figures
     inputs: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    # activations_per_1k_tokens of these inputs, computed when asked (set by planner.memory.estimate)
+    per_1k: Callable[[], dict[str, int]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def total(self) -> int:
@@ -102,12 +105,7 @@ class MemoryBreakdown:
     def activations_per_1k_tokens(self) -> dict[str, int]:
         """Peak growth per 1,000 tokens of one sequence (batch 1 at this seq_len), for the four
         combinations of Liger Kernel and activation checkpointing."""
-        if not self.inputs:
-            return {}
-        from planner.memory.estimate import activations_per_1k_tokens
-
-        spec, train, setup = self.inputs
-        return activations_per_1k_tokens(spec, train, setup, seq_len=self.seq_len)
+        return self.per_1k() if self.per_1k is not None else {}
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -8,7 +8,7 @@ result and the LoRA result for the magnitude's gradient.
 
 from __future__ import annotations
 
-from planner.memory.recipes import Saved, const, pgrad, tk
+from planner.memory.ops import Saved, const, pgrad, tk
 from planner.memory.shape import Proj, Shape
 from planner.memory.tape import Tape
 

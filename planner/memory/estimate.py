@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from planner.hardware.calibration import DeviceOverheads
 from planner.hardware.gpu_spec import GpuSetup
 from planner.hardware.host_memory import host_budget_bytes, host_ram_for, process_host_bytes
 from planner.memory.breakdown import MemoryBreakdown
+from planner.memory.generic import activation_key, generic_activation_model
 from planner.memory.overheads import allocator_setting, default_overheads
 from planner.memory.step import ActivationModel, activation_model
 from planner.memory.zero import ModelStates, model_states
@@ -83,15 +85,16 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
     device = _device(setup)
     ms = model_states(model, train, setup)
     accumulating = train.gradient_accumulation_steps > 1
-    act = activation_model(model, train, device, grad_scale=ms.grad_scale, grads_resident=accumulating)
+    if model.generic is not None:  # no recipes for this family: fitted fake-tensor traces
+        act = generic_activation_model(model, train, ms.grad_scale, device)
+    else:
+        act = activation_model(model, train, device, grad_scale=ms.grad_scale, grads_resident=accumulating)
     # + the rotary embedding's inv_freq and original_inv_freq buffers (fp32, head_dim / 2 each); the
     # generic path counted every buffer of the built model
     buffers = model.generic.buffer_bytes if model.generic is not None else 4 * model.head_dim
     weights = ms.weights_bytes - ms.quant_constants_bytes + buffers
     notes = list(ms.notes) + list(model.notes)
     if model.generic is not None:
-        from planner.model.generic import activation_key
-
         notes += activation_key(model, train, device)[1]
     if model.vision_params:
         notes.append(f"{model.multimodal}: the vision tower and projector ({model.vision_params:,} parameters) "
@@ -198,6 +201,7 @@ def estimate_memory(model: ModelSpec, train: TrainConfig, setup: GpuSetup, *,
         host_bytes=ms.host_bytes, host_budget_bytes=st.host_budget, host_process_bytes=st.host_process,
         host_source=st.host_source, batch_size=batch, seq_len=seq,
         tokens=tokens, device=st.device, overheads_source=source, notes=st.notes, inputs=(model, train, setup),
+        per_1k=partial(activations_per_1k_tokens, model, train, setup, seq_len=seq),
     )
 
 

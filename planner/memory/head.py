@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.memory.recipes import Saved, const, linear_bwd, norm_bwd, norm_fwd, pgrad, tk
+from planner.memory.ops import Saved, const, pgrad, tk
+from planner.memory.recipes import linear_bwd, norm_bwd, norm_fwd
 from planner.memory.shape import Proj, Shape
 from planner.memory.tape import Tape
 from planner.memory.terms import Lin

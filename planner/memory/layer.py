@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.memory.recipes import Saved, linear_bwd, linear_fwd, norm_bwd, norm_fwd, sq, tk
+from planner.memory.ops import Saved, sq, tk
+from planner.memory.recipes import linear_bwd, linear_fwd, norm_bwd, norm_fwd
 from planner.memory.shape import Shape
 from planner.memory.tape import Tape
 

@@ -12,52 +12,10 @@ Checked op by op against the tensor-accounting oracle (tests/runner/test_gates.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from planner.memory.dora import dora_bwd, dora_fwd
+from planner.memory.ops import Saved, const, pgrad, tk
 from planner.memory.shape import Proj, Shape
 from planner.memory.tape import Tape
-from planner.memory.terms import Lin
-
-
-def tk(x: float) -> Lin:
-    return Lin(tok=float(x))
-
-
-def sq(x: float) -> Lin:
-    return Lin(tok_s=float(x))
-
-
-def const(x: float) -> Lin:
-    return Lin(const=float(x))
-
-
-def pgrad(t: Tape, S: Shape, nbytes: float) -> None:
-    """A parameter's gradient from backward. ZeRO-2/3 keeps only this rank's partition (`grad_scale`);
-    with gradient accumulation the .grad already exists and AccumulateGrad adds the new one in place,
-    so it is a transient."""
-    key = t.new("pgrad", const(nbytes * S.grad_scale))
-    if S.grads_resident:
-        t.drop(key)
-
-
-@dataclass
-class Saved:
-    """Keys a node (or a module) saved for backward, released together after its backward."""
-
-    keys: dict[str, str | None] = field(default_factory=dict)
-
-    def put(self, tape: Tape, name: str, key: str | None, save: bool = True) -> None:
-        if save and key is not None:
-            tape.hold(key)
-            self.keys[name] = key
-
-    def get(self, name: str) -> str | None:
-        return self.keys.get(name)
-
-    def release(self, tape: Tape, *names: str) -> None:
-        for n in names or tuple(self.keys):
-            tape.drop(self.keys.pop(n, None))
-
 
 # --- RMSNorm ---------------------------------------------------------------------------------------
 
@@ -209,8 +167,6 @@ def linear_fwd(t: Tape, S: Shape, p: Proj, x: str, x_dtype: int, x_rg: bool, wt:
         t.drop(m, xa)
         xa = xd
     if S.dora:
-        from planner.memory.dora import dora_fwd
-
         s = dora_fwd(t, S, p, y, xa, sv, save)
         out = t.new("lora_out", tk(cb * p.n_out)) if cb != 4 else s
         if cb != 4:
@@ -250,8 +206,6 @@ def linear_bwd(t: Tape, S: Shape, p: Proj, g: str, sv: Saved, x_dtype: int, cb: 
         return gx
     a, pr = S.a, max(cb, S.a)
     if S.dora:
-        from planner.memory.dora import dora_bwd
-
         g32 = t.new("g_sum", tk(4 * p.n_out)) if cb != 4 else g
         if cb != 4:
             t.drop(g)

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from planner.memory.head import eager_mask, embedding_bwd, embedding_fwd, head_bwd, head_fwd, rotary_fwd
 from planner.memory.layer import layer_bwd, layer_fwd
-from planner.memory.recipes import tk
+from planner.memory.ops import tk
 from planner.memory.shape import Shape, layer_shape
 from planner.memory.tape import Tape
 from planner.memory.terms import ZERO, Lin
@@ -120,10 +120,6 @@ def activation_model(spec: ModelSpec, train: TrainConfig, device: str, *, grad_s
         freeze_trainable_layers=train.freeze_trainable_layers, attn_implementation=train.attn_implementation,
         gradient_checkpointing=train.gradient_checkpointing, use_liger_kernel=train.use_liger_kernel,
         deepspeed_stage=1 if train.deepspeed_stage else 0, trainer=train.trainer)
-    if spec.generic is not None:  # no recipes for this family: fitted fake-tensor traces
-        from planner.model.generic import generic_activation_model
-
-        return generic_activation_model(spec, train, grad_scale, device)
     return _activation_model(spec, key, device, grad_scale, grads_resident)
 
 

@@ -18,78 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
 from planner.errors import UserError
+from planner.model.facts import GenericFacts
 
 # Version of the cached JSON layout: bump when runner.generic writes something new.
 FACTS_VERSION = 7
 _EXTRA = "pip install 'vramplan[train]'"
-
-
-@dataclass(frozen=True)
-class GenericFacts:
-    """What the meta-device build of a causal LM says (runner.generic.inspect_config). Hashable."""
-
-    model_type: str
-    counts: tuple[tuple[str, int], ...]  # ParamCounts fields -> numel
-    # (name, in_features, out_features, bias, per_layer, layers, expert, module_linear): the decoder's
-    # projections grouped over layers (name relative to the layer); 3-D expert parameters with
-    # module_linear False
-    linears: tuple[tuple, ...]
-    quantized: tuple[str, ...]  # linears bitsandbytes replaces (transformers' own skip rules)
-    lora_all: tuple[str, ...]  # linears peft wraps for target_modules="all-linear"
-    lora_by_name: tuple[tuple[str, tuple[str, ...]], ...]  # target name -> linears peft wraps for it
-    # (numel at rank 1, count) of the adapter tensors get_peft_model makes for "all-linear" (experts and
-    # routers included where peft wraps them)
-    lora_all_tensors: tuple[tuple[int, int], ...]
-    tensors: tuple[tuple[int, int], ...]  # (numel, count) of every parameter tensor (tied ones once)
-    layer_kinds: tuple[int, ...]  # per decoder layer: index into kind_tensors / kind_names
-    kind_names: tuple[str, ...]
-    kind_tensors: tuple[tuple[tuple[int, int], ...], ...]  # (numel, count) of one layer of each kind
-    moe_layers: tuple[int, ...]
-    buffer_bytes: int  # rotary tables and other buffers of the built model
-    default_attn: str  # sdpa when the class supports it, else eager
-    config_hash: str
-    dims: tuple[tuple[str, Any], ...]  # the transformers config's values with its defaults applied
-    lora_all_error: str | None = None  # why peft refuses "all-linear" on this model, when it does
-
-    @property
-    def dim(self) -> dict[str, Any]:
-        return dict(self.dims)
-
-    @property
-    def count(self) -> dict[str, int]:
-        return dict(self.counts)
-
-    def wrapped(self, targets: tuple[str, ...]) -> set[str]:
-        """Linear names peft wraps for `targets` ("all" = peft's all-linear); peft's own resolution,
-        per target name, recorded by the runner."""
-        if tuple(targets) == ("all",):
-            return set(self.lora_all)
-        by_name = dict(self.lora_by_name)
-        return {n for t in targets for n in by_name.get(t, ())}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> GenericFacts:
-        return cls(
-            model_type=d["model_type"], counts=tuple((k, int(v)) for k, v in d["counts"].items()),
-            linears=tuple(tuple(x) for x in d["linears"]), quantized=tuple(d["quantized"]),
-            lora_all=tuple(d["lora_all"]),
-            lora_by_name=tuple((k, tuple(v)) for k, v in sorted(d["lora_by_name"].items())),
-            lora_all_tensors=tuple((int(n), int(c)) for n, c in d["lora_all_tensors"]),
-            tensors=tuple((int(n), int(c)) for n, c in d["tensors"]), layer_kinds=tuple(d["layer_kinds"]),
-            kind_names=tuple(d["kind_names"]),
-            kind_tensors=tuple(tuple((int(n), int(c)) for n, c in k) for k in d["kind_tensors"]),
-            moe_layers=tuple(d["moe_layers"]), buffer_bytes=int(d["buffer_bytes"]),
-            default_attn=d["default_attn"], config_hash=d["config_hash"],
-            dims=tuple(sorted((k, v) for k, v in d["dims"].items() if not isinstance(v, (list, dict)))),
-            lora_all_error=d.get("lora_all_error"),
-        )
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -274,61 +213,3 @@ def generic_spec(config: dict[str, Any], *, name: str, hub_id: str | None = None
         multimodal=wrapper, vision_params=int(vision.get("params") or 0), generic=facts, notes=tuple(notes),
         config=dict(lm),
     )
-
-
-def activation_key(spec, train, device: str = "cuda") -> tuple[dict[str, Any], list[str]]:
-    """The traced configuration standing in for `train` on a `device` kind (only what changes
-    activations), and notes."""
-    facts: GenericFacts = spec.generic
-    notes = []
-    if train.finetuning_type == "freeze":
-        raise UserError(f"--method freeze: {spec.name} ({facts.model_type}) is planned from traces of a "
-                        "shortened model, which do not model freezing by layer yet.",
-                        "Use --method lora, qlora or full.")
-    from planner.memory.weights import kbit_upcast
-
-    dtype, amp = train.dtype, train.amp
-    if train.quantization_bit and not kbit_upcast(train):
-        notes.append(f"{train.quantization_bit}-bit: activations traced as 16-bit LoRA (this trainer keeps "
-                     "the non-quantized weights 16-bit, and bitsandbytes returns its input's dtype)")
-    elif train.quantization_bit:
-        # peft's k-bit upcast leaves every activation outside the quantized matmuls in fp32, and
-        # bitsandbytes returns its input's dtype (planner.memory.shape.activation_dtypes): LoRA on fp32
-        # weights is the traceable stand-in (bitsandbytes has no fake-tensor kernels)
-        dtype, amp = "fp32", None
-        notes.append(f"{train.quantization_bit}-bit: activations traced as LoRA on fp32 weights (what peft's "
-                     "k-bit upcast leaves outside the quantized matmuls)")
-    if train.use_liger_kernel:
-        notes.append("Liger kernels: not modeled for this family (traced without; an upper bound)")
-    attn = train.attn_implementation or facts.default_attn
-    if device == "cuda" and attn == "sdpa" and dtype == "fp32" and not amp and spec.num_kv_heads < spec.num_heads:
-        # CUDA SDPA runs its math kernel for fp32 q/k/v with grouped-query heads and keeps the s x s
-        # probabilities (planner.memory.shape.sdpa_falls_back_to_math, measured on an H200); the CPU
-        # flash kernel the trace would run does not: eager attention keeps the same tensors (+ its mask)
-        attn = "eager"
-        notes.append("fp32 q/k/v with grouped-query heads: CUDA SDPA falls back to its math kernel (s x s "
-                     "probabilities kept); traced as eager attention")
-    key = {"method": "full" if train.finetuning_type == "full" else "lora", "dtype": dtype, "amp": amp,
-           "gc": bool(train.gradient_checkpointing), "attn": attn}
-    if key["method"] == "lora":
-        key.update(lora_rank=train.lora_rank, lora_target=list(train.lora_target),
-                   lora_dropout=0.1 if train.lora_dropout > 0 else 0.0, dora=bool(train.use_dora))
-    return key, notes
-
-
-def generic_activation_model(spec, train, grad_scale: float = 1.0, device: str = "cuda"):
-    """planner.memory.step.ActivationModel from the fitted traces of `train` on `spec`."""
-    from planner.memory.step import ActivationModel
-    from planner.memory.terms import Lin
-
-    key, _ = activation_key(spec, train, device)
-    fit = fitted(spec, key)
-    forward, saved = Lin(*fit["forward"]), Lin(*fit["saved"])
-    grads = Lin(*fit["backward_grads"]) * grad_scale
-    end = Lin(*fit["grads_end"]) * grad_scale
-    backward = Lin(*fit["backward"]) + grads
-    tail = Lin(*fit["tail"]) + Lin(*fit["tail_grads"]) * grad_scale
-    windows = tuple(Lin(*w["act"]) + Lin(*w["grads"]) * grad_scale for w in fit.get("windows", ()))
-    return ActivationModel(forward_layers=(), forward_head=(forward,), backward_head=(backward,),
-                           backward_layers=(tail, end, *windows), saved_layers=saved, saved_end_forward=saved,
-                           grads_end=end, backward_head_grads=grads)

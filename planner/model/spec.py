@@ -16,7 +16,7 @@ from planner.errors import UserError
 from planner.model.config_compat import language_config
 
 if TYPE_CHECKING:
-    from planner.model.generic import GenericFacts
+    from planner.model.facts import GenericFacts
 
 
 @dataclass(frozen=True)

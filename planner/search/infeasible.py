@@ -8,6 +8,7 @@ offload, a shorter cutoff, more GPUs, a bigger card), so every line the user rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -27,10 +28,9 @@ def _hw(setup: GpuSetup) -> str:
     return f"{setup.count} x {setup.gpu.name}" + (f" x {setup.nodes} nodes" if setup.nodes > 1 else "")
 
 
-def _try(model: ModelSpec, setup: GpuSetup, data, pinned: dict[str, Any], ev) -> Any:
-    """A plan with these inputs, or None (no suggestions computed: no recursion)."""
-    from planner.search.search import search
-
+def _try(search: Callable[..., Any], model: ModelSpec, setup: GpuSetup, data, pinned: dict[str, Any], ev) -> Any:
+    """A plan with these inputs, or None (no suggestions computed: no recursion). `search` is
+    planner.search.search, handed in by it (this module is its helper, not its caller)."""
     try:
         return search(model, setup, data, pinned=pinned, target_batch=None, margin=ev.margin, epochs=ev.epochs,
                       packing=ev.space.packing, group_by_length=ev.space.group_by_length, estimator=ev.estimate,
@@ -74,7 +74,8 @@ def _unpin_groups(pinned: dict[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
     return groups
 
 
-def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, Any]) -> list[dict[str, Any]]:
+def suggestions(search: Callable[..., Any], model: ModelSpec, setup: GpuSetup, data, ev,
+                pinned: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(change: str, flags: str, plan) -> None:
@@ -90,28 +91,28 @@ def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, A
     groups = _unpin_groups(pinned)
     for shown, keys in groups:
         add(f"let the planner choose instead of {shown}", f"drop {shown}",
-            _try(model, setup, data, {k: v for k, v in pinned.items() if k not in keys}, ev))
+            _try(search, model, setup, data, {k: v for k, v in pinned.items() if k not in keys}, ev))
     if len(groups) > 1 and not out:  # no one flag is to blame: all of them together
         every = {k for _, keys in groups for k in keys}
         shown = " ".join(s for s, _ in groups)
         add(f"let the planner choose instead of {shown}", f"drop {shown}",
-            _try(model, setup, data, {k: v for k, v in pinned.items() if k not in every}, ev))
+            _try(search, model, setup, data, {k: v for k, v in pinned.items() if k not in every}, ev))
     # 1. 4-bit weights (QLoRA) on the same hardware
     if pinned.get("quantization_bit") != 4:
         q = {k: v for k, v in base.items() if k not in ("finetuning_type", "dtype", "amp")}
         add("4-bit weights (QLoRA)", "--method qlora",
-            _try(model, setup, data, {**q, "finetuning_type": "lora", "quantization_bit": 4}, ev))
+            _try(search, model, setup, data, {**q, "finetuning_type": "lora", "quantization_bit": 4}, ev))
     # 2. ZeRO-3 with offload to host RAM on the same hardware
     if pinned.get("quantization_bit") is None:
         for offload in ("optimizer", "params"):
-            plan = _try(model, setup, data, {**base, "deepspeed_stage": 3, "offload": offload}, ev)
+            plan = _try(search, model, setup, data, {**base, "deepspeed_stage": 3, "offload": offload}, ev)
             if plan is not None:
                 add(f"ZeRO-3 with {offload} offload to host RAM (slow)",
                     f"--zero 3 --offload {offload}", plan)
                 break
     # 3. a shorter cutoff (the search already tried down to its floor; say what the floor cuts)
     if "cutoff_len" in pinned:
-        plan = _try(model, setup, data, {k: v for k, v in pinned.items() if k != "cutoff_len"}, ev)
+        plan = _try(search, model, setup, data, {k: v for k, v in pinned.items() if k != "cutoff_len"}, ev)
         if plan is not None:
             add(f"a shorter cutoff_len ({plan.config.cutoff_len})", f"--cutoff {plan.config.cutoff_len}", plan)
     # 4. more GPUs of the same card: the fewest that fit, and the fewest that fit without offload
@@ -120,7 +121,7 @@ def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, A
         if count * nodes <= setup.world_size:
             continue
         bigger = replace(setup, count=count, nodes=nodes, detected=False, **_host_for(setup))
-        plan = _try(model, bigger, data, base, ev)
+        plan = _try(search, model, bigger, data, base, ev)
         if plan is None or (offloaded and plan.config.offload != "none"):
             continue
         add(f"more GPUs: {_hw(bigger)}", f"--gpus {count}" + (f" --nodes {nodes}" if nodes > 1 else ""), plan)
@@ -133,7 +134,7 @@ def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, A
     cards = sorted((e.spec for e in load_gpus() if e.spec.memory_bytes > setup.gpu.memory_bytes
                     and e.spec.vendor == setup.gpu.vendor), key=lambda g: (g.memory_bytes, -g.bf16_tflops))
     for card in cards:
-        plan = _try(model, replace(setup, gpu=card, detected=False, free_bytes=None, **_host_for(setup)),
+        plan = _try(search, model, replace(setup, gpu=card, detected=False, free_bytes=None, **_host_for(setup)),
                     data, base, ev)
         if plan is not None:
             add(f"a card with more memory: {setup.count} x {card.name}", f"--gpu {card.name}", plan)
@@ -142,7 +143,7 @@ def suggestions(model: ModelSpec, setup: GpuSetup, data, ev, pinned: dict[str, A
 
 
 def raise_infeasible(model: ModelSpec, setup: GpuSetup, data, ev, space, seen: list, *,
-                     pinned: dict[str, Any], explain: bool = True) -> None:
+                     pinned: dict[str, Any], search: Callable[..., Any], explain: bool = True) -> None:
     limit = int(ev.limit(seen[0].memory)) if seen else 0
     asked = ", ".join(f"{k}={v}" for k, v in sorted(pinned.items()) if v is not None) or "no settings pinned"
     closest = min(seen, key=lambda c: (not c.host_ok, c.memory.peak_bytes / max(1, c.limit_bytes))) if seen else None
@@ -171,7 +172,7 @@ def raise_infeasible(model: ModelSpec, setup: GpuSetup, data, ev, space, seen: l
         payload["host_bytes_needed"] = int(need)
         payload["host_bytes_available"] = ev.host_limit_bytes()
         payload["host_ram_source"] = source
-    sugg = suggestions(model, setup, data, ev, pinned) if explain else []
+    sugg = suggestions(search, model, setup, data, ev, pinned) if explain else []
     payload["suggestions"] = sugg
     if sugg:
         lines.append("Smallest changes that fit (each checked):")

@@ -221,7 +221,7 @@ def search(model: ModelSpec, setup: GpuSetup, data, *, pinned: dict[str, Any] | 
     extra = [f for f in space.families if f not in primary]
     winner, seen, step = _choose(ev, space, primary)
     if winner is None:
-        raise_infeasible(model, setup, data, ev, space, seen, pinned=pinned, explain=_explain)
+        raise_infeasible(model, setup, data, ev, space, seen, pinned=pinned, search=search, explain=_explain)
     seen += _alternatives(ev, space, winner, primary, extra, seen)
     others = runners_up(winner, seen, ev)
     tp = winner.throughput

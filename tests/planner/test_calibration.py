@@ -16,13 +16,18 @@ from planner.hardware.calibration import (
     MARGIN_STACK_DIFFERS,
     CalibrationFile,
     DeviceOverheads,
-    calibrate_from_log,
     select_calibration,
     stack_distance,
     user_calibration_dir,
     version_distance,
 )
-from planner.hardware.calibration_fit import FitPoint, fit_overheads, lstsq, point_from_record
+from planner.hardware.calibration_fit import (
+    FitPoint,
+    calibrate_from_log,
+    fit_overheads,
+    lstsq,
+    point_from_record,
+)
 from planner.hardware.gpu_spec import GpuSpec
 
 MIB, GIB = 1 << 20, 1 << 30

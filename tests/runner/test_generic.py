@@ -186,7 +186,7 @@ def test_qwen_vl_language_model_is_qwen2_shaped(tmp_path, wrapper):
 def test_kbit_gqa_traces_the_cuda_math_kernel_as_eager(tmp_path):
     """fp32 q/k/v with grouped-query heads: CUDA SDPA keeps the s x s probabilities (measured on an H200,
     planner.memory.shape.sdpa_falls_back_to_math); the CPU trace would not, so it runs eager."""
-    from planner.model.generic import activation_key
+    from planner.memory.generic import activation_key
 
     spec = resolve_model(_folder(tmp_path, TINY["olmo2"]))  # 4 heads, 2 KV heads
     qlora = TrainConfig(quantization_bit=4, trainer="peft")  # a trainer that runs peft's k-bit upcast
