@@ -80,6 +80,23 @@ def lora_alpha_for(rank: int) -> tuple[int, str]:
     return 2 * rank, "2 x rank (LLaMA-Factory's default scaling)"
 
 
+def lora_shape(data, pinned: dict[str, Any]) -> tuple[dict[str, int], dict[str, str]]:
+    """The LoRA rank and alpha, chosen once per plan: ({field: value} for those not pinned, {field: why}
+    for both). The search plans with the values; the plan's hyperparameters say the reasons."""
+    values: dict[str, int] = {}
+    why: dict[str, str] = {}
+    if "lora_rank" in pinned:
+        rank, why["lora_rank"] = pinned["lora_rank"], "as given"
+    else:
+        rank, why["lora_rank"] = lora_rank_for(data)
+        values["lora_rank"] = rank
+    if "lora_alpha" in pinned:
+        why["lora_alpha"] = "as given"
+    else:
+        values["lora_alpha"], why["lora_alpha"] = lora_alpha_for(rank)
+    return values, why
+
+
 # Epochs when the data is unknown (LLaMA-Factory's SFT examples); plan.yaml and --apply use it too, so
 # the plan shown, its exports and the run agree.
 DEFAULT_EPOCHS = 3.0
@@ -120,8 +137,9 @@ def val_size_for(data) -> tuple[float, str]:
 
 def choose_hparams(spec: ModelSpec, config: TrainConfig, data, *, setup: GpuSetup, effective_batch: int,
                    epochs: float | None = None, steps_per_epoch: int | None = None,
-                   given: frozenset[str] = frozenset()) -> HParams:
-    """Learning rate, epochs, schedule, precision, LoRA shape and validation split for `config`."""
+                   given: frozenset[str] = frozenset(), lora_why: dict[str, str] | None = None) -> HParams:
+    """Learning rate, epochs, schedule, precision, LoRA shape and validation split for `config`.
+    `lora_why`: the reasons lora_shape gave when the search chose the rank (else derived the same way)."""
     why: dict[str, str] = {}
     method = config.method
     lr, why["learning_rate"] = learning_rate_for(spec, method, effective_batch)
@@ -145,8 +163,9 @@ def choose_hparams(spec: ModelSpec, config: TrainConfig, data, *, setup: GpuSetu
     dropout = target = None
     if config.is_lora:
         rank, alpha, dropout = config.lora_rank, config.lora_alpha, config.lora_dropout
-        why["lora_rank"] = "as given" if "lora_rank" in given else lora_rank_for(data)[1]
-        why["lora_alpha"] = "as given" if "lora_alpha" in given else lora_alpha_for(rank)[1]
+        if lora_why is None:
+            lora_why = lora_shape(data, {k: getattr(config, k) for k in ("lora_rank", "lora_alpha") if k in given})[1]
+        why["lora_rank"], why["lora_alpha"] = lora_why["lora_rank"], lora_why["lora_alpha"]
         target = ",".join(config.lora_target)
         why["lora_target"] = ("every linear layer of the decoder (QLoRA: needed to match full fine-tuning)"
                               if target == "all" else "as given")

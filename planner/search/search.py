@@ -20,7 +20,7 @@ from typing import Any
 from planner.errors import UserError
 from planner.hardware.gpu_spec import GpuSetup
 from planner.model.spec import ModelSpec
-from planner.search.hparams import choose_hparams, epochs_for, lora_alpha_for, lora_rank_for, val_size_for
+from planner.search.hparams import choose_hparams, epochs_for, lora_shape, val_size_for
 from planner.search.infeasible import raise_infeasible
 from planner.search.lengths import profile_of
 from planner.search.objective import DEFAULT_MARGIN, Candidate, Estimator, Evaluator, score, score_of
@@ -205,11 +205,7 @@ def search(model: ModelSpec, setup: GpuSetup, data, *, pinned: dict[str, Any] | 
     margin = DEFAULT_MARGIN if margin is None else float(margin)
     if not 0.0 <= margin < 0.5:
         raise UserError(f"--margin {margin}: expected a fraction between 0 and 0.5 (e.g. 0.05 = 5%).")
-    defaults: dict[str, Any] = {}
-    if "lora_rank" not in pinned:
-        defaults["lora_rank"], _ = lora_rank_for(data)
-    if "lora_alpha" not in pinned:
-        defaults["lora_alpha"], _ = lora_alpha_for(pinned.get("lora_rank", defaults.get("lora_rank", 8)))
+    defaults, lora_why = lora_shape(data, pinned)  # the LoRA rank and alpha, chosen here once
     space = build_space(model, setup, data, pinned={**defaults, **pinned}, target_batch=target_batch,
                         packing=packing, group_by_length=group_by_length)
     n_epochs, _ = epochs_for(data, epochs)
@@ -227,7 +223,8 @@ def search(model: ModelSpec, setup: GpuSetup, data, *, pinned: dict[str, Any] | 
     tp = winner.throughput
     eff_batch = winner.config.per_device_train_batch_size * winner.config.gradient_accumulation_steps * setup.world_size
     hp = choose_hparams(model, winner.config, data, setup=setup, effective_batch=eff_batch, epochs=epochs,
-                        steps_per_epoch=tp.steps_per_epoch if tp else None, given=frozenset(pinned))
+                        steps_per_epoch=tp.steps_per_epoch if tp else None, given=frozenset(pinned),
+                        lora_why=lora_why)
     reasons = explain(winner, seen, ev, space, data, step=step, pinned=pinned)
     return Plan(model=model, setup=setup, config=winner.config, memory=winner.memory, throughput=tp, hparams=hp,
                 runners_up=others, reasons=reasons, margin=margin, limit_bytes=winner.limit_bytes,
