@@ -7,6 +7,7 @@ The memory model, the search, the exports and the runner all read this one value
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, replace
 
 METHODS = ("lora", "qlora", "full", "freeze")
@@ -23,6 +24,12 @@ OPTIMIZERS = (
     "paged_adamw_32bit",
     "sgd",
 )
+# bitsandbytes optimizers (bitsandbytes.optim): DeepSpeed does not run them on its fp32 partitions
+BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+# those among them whose Adam states are 8-bit (2 B per parameter instead of 8)
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
+# the LoRA settings (meaningless, and refused when the user sets them, for full and freeze tuning)
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_target", "lora_dropout", "use_dora")
 
 
 def hf_optim(optim: str) -> str:
@@ -77,3 +84,70 @@ class TrainConfig:
         out["lora_target"] = ",".join(self.lora_target)
         out["method"] = self.method
         return out
+
+
+# -- validity: every rule that makes a TrainConfig impossible to train, written once ----------------------
+
+@dataclass(frozen=True)
+class Conflict:
+    """One rule a TrainConfig breaks: the fields that clash, where (those fields as the command line spells
+    them, with the config's values), why, and what to do."""
+
+    fields: tuple[str, ...]
+    where: str
+    reason: str
+    hint: str = ""
+
+    @property
+    def message(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+def _lora_flag(c: TrainConfig, name: str) -> str:
+    value = {"lora_rank": c.lora_rank, "lora_alpha": c.lora_alpha, "lora_target": ",".join(c.lora_target),
+             "lora_dropout": c.lora_dropout, "use_dora": None}[name]
+    flag = "--dora" if name == "use_dora" else "--" + name.replace("_", "-")
+    return flag if value is None else f"{flag} {value}"
+
+
+def conflicts(c: TrainConfig, given: Collection[str] = ()) -> tuple[Conflict, ...]:
+    """Every rule `c` breaks, in the order a person fixes them. `given`: the fields the user set (a LoRA
+    setting is refused for full/freeze tuning only when set).
+
+        >>> [x.fields for x in conflicts(TrainConfig(offload="params", deepspeed_stage=2))]
+        [('offload', 'deepspeed_stage')]
+    """
+    out = []
+    if c.quantization_bit and c.finetuning_type != "lora":
+        # bitsandbytes' 4/8-bit weights carry no gradient: peft trains adapters on top of them
+        out.append(Conflict(("quantization_bit", "finetuning_type"),
+                            f"--quant {c.quantization_bit} --method {c.finetuning_type}",
+                            "bitsandbytes quantization trains LoRA adapters only.",
+                            "Use --method qlora (or lora) with --quant, or --quant none for full/freeze tuning."))
+    lora_given = [n for n in LORA_FIELDS if n in given]
+    if c.finetuning_type != "lora" and lora_given:
+        out.append(Conflict((*lora_given, "finetuning_type"),
+                            " ".join(_lora_flag(c, n) for n in lora_given) + f" with --method {c.finetuning_type}",
+                            "LoRA settings need --method lora or qlora.", "Drop the --lora-* flags or change --method."))
+    if c.amp and c.dtype != "fp32":
+        out.append(Conflict(("amp", "dtype"), f"--amp {c.amp} with --dtype {c.dtype}",
+                            "autocast mixed precision needs fp32 weights.",
+                            f"Use --dtype fp32 --amp {c.amp}, or just --dtype {c.amp}."))
+    if c.deepspeed_stage not in (0, 1, 2, 3):
+        out.append(Conflict(("deepspeed_stage",), f"--zero {c.deepspeed_stage}",
+                            "DeepSpeed ZeRO stages are 0, 1, 2 and 3."))
+    if c.offload != "none" and c.deepspeed_stage == 0:
+        out.append(Conflict(("offload", "deepspeed_stage"), f"--offload {c.offload} without --zero",
+                            "offloading is a DeepSpeed ZeRO feature.",
+                            "Add --zero 2 (optimizer) or --zero 3 (optimizer or params)."))
+    if c.offload == "params" and c.deepspeed_stage != 3:
+        out.append(Conflict(("offload", "deepspeed_stage"), f"--offload params --zero {c.deepspeed_stage}",
+                            "only ZeRO-3 partitions parameters.", "Use --zero 3, or --offload optimizer."))
+    if c.quantization_bit and c.deepspeed_stage == 3:
+        out.append(Conflict(("quantization_bit", "deepspeed_stage"), f"--quant {c.quantization_bit} --zero 3",
+                            "ZeRO-3 cannot partition bitsandbytes weights.", "Use --zero 2 (or none) with QLoRA."))
+    if c.optim in BNB_OPTIMIZERS and c.deepspeed_stage:
+        out.append(Conflict(("optim", "deepspeed_stage"), f"--optim {c.optim} --zero {c.deepspeed_stage}",
+                            "DeepSpeed runs its own optimizer on the fp32 partitions; bitsandbytes optimizers are "
+                            "not supported there.", "Use --optim adamw_torch with --zero, or drop --zero."))
+    return tuple(out)

@@ -16,7 +16,7 @@ import click
 
 from planner.errors import UserError
 from planner.request import TRAIN_FLAGS, TrainFlag
-from planner.train_config import TrainConfig
+from planner.train_config import TrainConfig, conflicts
 
 # Flags whose value is not the field's value as typed: set by train_config_from_options itself.
 _CONVERTED = ("trainer", "stack", "method", "quant", "lora_target")
@@ -93,48 +93,11 @@ def train_config_from_options(opts: dict[str, Any], base: TrainConfig) -> TrainC
     return config
 
 
-def _flag(opts: dict[str, Any], *names: str) -> str:
-    """The flags (as typed) among `names` that the user gave, for error messages."""
-    given = [n for n in names if opts.get(n) is not None]
-    spell = {"batch_size": "batch-size", "grad_accum": "grad-accum", "lora_rank": "lora-rank",
-             "lora_alpha": "lora-alpha", "lora_target": "lora-target", "lora_dropout": "lora-dropout",
-             "grad_ckpt": "grad-ckpt"}
-    parts = []
-    for n in given:
-        value = opts[n]
-        text = f"--{spell.get(n, n)}"
-        if not isinstance(value, bool):
-            text += f" {value}"
-        parts.append(text)
-    return " ".join(parts)
-
-
 def _validate(c: TrainConfig, opts: dict[str, Any]) -> None:
-    if c.quantization_bit and c.finetuning_type != "lora":
-        raise UserError(f"{_flag(opts, 'quant', 'method')}: bitsandbytes quantization trains LoRA adapters only.",
-                        "Use --method qlora (or lora) with --quant, or --quant none for full/freeze tuning.")
-    if c.finetuning_type != "lora":
-        lora_flags = [n for n in ("lora_rank", "lora_alpha", "lora_target", "lora_dropout", "dora")
-                      if opts.get(n) is not None]
-        if lora_flags:
-            raise UserError(f"{_flag(opts, *lora_flags)} with --method {c.finetuning_type}: "
-                            "LoRA settings need --method lora or qlora.", "Drop the --lora-* flags or change --method.")
-    if c.amp and c.dtype != "fp32":
-        raise UserError(f"--amp {c.amp} with --dtype {c.dtype}: autocast mixed precision needs fp32 weights.",
-                        f"Use --dtype fp32 --amp {c.amp}, or just --dtype {c.amp}.")
-    if c.offload != "none" and c.deepspeed_stage == 0:
-        raise UserError(f"--offload {c.offload} without --zero: offloading is a DeepSpeed ZeRO feature.",
-                        "Add --zero 2 (optimizer) or --zero 3 (optimizer or params).")
-    if c.offload == "params" and c.deepspeed_stage != 3:
-        raise UserError(f"--offload params --zero {c.deepspeed_stage}: only ZeRO-3 partitions parameters.",
-                        "Use --zero 3, or --offload optimizer.")
-    if c.quantization_bit and c.deepspeed_stage == 3:
-        raise UserError(f"--quant {c.quantization_bit} --zero 3: ZeRO-3 cannot partition bitsandbytes weights.",
-                        "Use --zero 2 (or none) with QLoRA.")
-    if c.optim in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit") and c.deepspeed_stage:
-        raise UserError(f"--optim {c.optim} --zero {c.deepspeed_stage}: DeepSpeed runs its own optimizer on the "
-                        "fp32 partitions; bitsandbytes optimizers are not supported there.",
-                        "Use --optim adamw_torch with --zero, or drop --zero.")
+    """The first rule of planner.train_config.conflicts that `c` breaks, as a UserError naming the flags."""
+    given = {name for flag in TRAIN_FLAGS if opts.get(flag.param) is not None for name in flag.fields}
+    for conflict in conflicts(c, given):
+        raise UserError(conflict.message, conflict.hint)
 
 
 def pinned_from_options(opts: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from planner.memory.shape import check_lora_targets
 from planner.memory.weights import DTYPE_BYTES, kbit_adapter_fp32
 from planner.model.params import count_params, linear_layers, lora_wraps
 from planner.model.spec import ModelSpec
-from planner.train_config import OPTIMIZERS, TrainConfig
+from planner.train_config import EIGHT_BIT_OPTIMIZERS, OPTIMIZERS, TrainConfig
 from planner.trainers import DEFAULT_TRAINER
 
 # bitsandbytes 8-bit optimizers (optim/optimizer.py Optimizer8bit): block-wise quantized states in blocks
@@ -112,7 +112,7 @@ def optimizer_state_bytes(optim: str, tensors: tuple[int, ...], counts: tuple[in
     for numel, n in zip(tensors, counts, strict=True):
         if optim in ("adamw_torch", "adamw_torch_forloop", "adamw_torch_fused"):
             per = 2 * numel * param_bytes + STEP_BYTES
-        elif optim in ("adamw_8bit", "paged_adamw_8bit"):
+        elif optim in EIGHT_BIT_OPTIMIZERS:
             if numel < BNB_MIN_8BIT_SIZE:
                 per = 2 * numel * 4
             else:
@@ -122,7 +122,7 @@ def optimizer_state_bytes(optim: str, tensors: tuple[int, ...], counts: tuple[in
         else:  # sgd without momentum (HF default momentum=0)
             per = 0
         total += per * n
-    if optim in ("adamw_8bit", "paged_adamw_8bit"):
+    if optim in EIGHT_BIT_OPTIMIZERS:
         total += 2 * 256 * 4  # the two dynamic quantization maps
     return total
 

@@ -19,7 +19,7 @@ from planner.hardware.gpu_spec import GpuSetup
 from planner.memory.trainable import TrainableState, optimizer_state_bytes, trainable_state
 from planner.memory.weights import WeightBytes, weight_bytes
 from planner.model.spec import ModelSpec
-from planner.train_config import TrainConfig
+from planner.train_config import TrainConfig, conflicts
 
 # HF TrainingArguments' DeepSpeed "auto" values (transformers integrations/deepspeed.py
 # trainer_config_finalize): reduce_bucket_size = h*h, stage3_prefetch_bucket_size = 0.9*h*h.
@@ -46,18 +46,11 @@ class ModelStates:
     notes: tuple[str, ...] = ()
 
 
-def _check(train: TrainConfig, setup: GpuSetup) -> None:
-    if train.offload != "none" and train.deepspeed_stage == 0:
-        raise UserError(f"--offload {train.offload} needs DeepSpeed ZeRO.", "Add --zero 2 (optimizer offload) or "
-                        "--zero 3 (optimizer or parameter offload), or use --offload none.")
-    if train.offload == "params" and train.deepspeed_stage != 3:
-        raise UserError("--offload params needs --zero 3 (only ZeRO-3 partitions parameters).",
-                        "Use --zero 3, or --offload optimizer.")
-    if train.deepspeed_stage not in (0, 1, 2, 3):
-        raise UserError(f"--zero {train.deepspeed_stage}: DeepSpeed ZeRO stages are 0, 1, 2 and 3.")
-    if train.quantization_bit and train.deepspeed_stage == 3:
-        raise UserError("--quant with --zero 3: bitsandbytes weights cannot be partitioned by ZeRO-3.",
-                        "Use --zero 2 (or no DeepSpeed) with QLoRA, or --quant none with ZeRO-3.")
+def _check(train: TrainConfig) -> None:
+    """Refuse what DeepSpeed refuses (planner.train_config.conflicts, the rules on the ZeRO fields)."""
+    for conflict in conflicts(train):
+        if {"deepspeed_stage", "offload"} & set(conflict.fields):
+            raise UserError(conflict.message, conflict.hint)
 
 
 def largest_module_params(spec: ModelSpec) -> int:
@@ -70,7 +63,7 @@ def largest_module_params(spec: ModelSpec) -> int:
 
 
 def model_states(spec: ModelSpec, train: TrainConfig, setup: GpuSetup) -> ModelStates:
-    _check(train, setup)
+    _check(train)
     w: WeightBytes = weight_bytes(spec, train)
     st: TrainableState = trainable_state(spec, train)
     n = max(1, setup.world_size)

@@ -7,6 +7,7 @@ from typing import Any
 
 from planner.search.objective import QUANTIZED_MUST_BE_FASTER, Candidate, Evaluator
 from planner.search.space import Family, Space, config_for
+from planner.train_config import EIGHT_BIT_OPTIMIZERS
 
 GIB = 1 << 30
 
@@ -292,7 +293,7 @@ def explain(w: Candidate, seen: list[Candidate], ev: Evaluator, space: Space, da
     out.append(("enable_liger_kernel", "on" if c.use_liger_kernel else "off", space.liger_why))
     out.append(("optim", c.optim, "as given" if given("optim") else
                 "8-bit AdamW states (bitsandbytes): 2 B instead of 8 B per trainable parameter"
-                if "8bit" in c.optim else "fused AdamW: one kernel per step, no foreach temporaries"))
+                if c.optim in EIGHT_BIT_OPTIMIZERS else "fused AdamW: one kernel per step, no foreach temporaries"))
     out.append(("margin", f"{ev.margin:.0%}", f"peak {gib(w.memory.peak_bytes)} <= {gib(limit)} "
                 f"= budget {gib(w.memory.budget_bytes)} x (1 - {ev.margin:g})"))
     return out

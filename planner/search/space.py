@@ -19,7 +19,7 @@ from typing import Any
 from planner.errors import UserError
 from planner.hardware.gpu_spec import GpuSetup
 from planner.model.spec import ModelSpec
-from planner.train_config import METHODS, OFFLOAD, OPTIMIZERS, TrainConfig
+from planner.train_config import EIGHT_BIT_OPTIMIZERS, METHODS, OFFLOAD, OPTIMIZERS, TrainConfig, conflicts
 
 # Liger Kernel patches these transformers model types (liger_kernel/transformers/monkey_patch.py,
 # MODEL_TYPE_TO_APPLY_LIGER_FN, v0.8); remote-code families (baichuan, internlm2) are not among them.
@@ -65,7 +65,7 @@ class Family:
         parts = [name]
         if self.deepspeed_stage:
             parts.append(f"ZeRO-{self.deepspeed_stage}" + ("" if self.offload == "none" else f" + {self.offload} offload"))
-        if self.optim in ("adamw_8bit", "paged_adamw_8bit"):
+        if self.optim in EIGHT_BIT_OPTIMIZERS:
             parts.append("8-bit AdamW")
         if not self.gradient_checkpointing:
             parts.append("no checkpointing")
@@ -114,10 +114,9 @@ def liger_choice(spec: ModelSpec, setup: GpuSetup, pinned: dict[str, Any]) -> tu
 
 
 def valid_stage(stage: int, offload: str, bits: int | None) -> bool:
-    """What DeepSpeed (and the memory model, planner/memory/zero.py) accept: offload needs ZeRO, parameter
-    offload needs ZeRO-3, and bitsandbytes weights cannot be partitioned by ZeRO-3."""
-    return (stage in (0, 1, 2, 3) and not (offload != "none" and stage == 0)
-            and not (offload == "params" and stage != 3) and not (bits and stage == 3))
+    """What DeepSpeed (and the memory model) accept for a ZeRO stage and offload with these weights
+    (planner.train_config.conflicts)."""
+    return not conflicts(TrainConfig(quantization_bit=bits, deepspeed_stage=stage, offload=offload))
 
 
 def _stages(ft: str, bits: int | None, world: int, cpu: bool) -> list[tuple[int, str]]:
@@ -158,7 +157,7 @@ def _method_families(method: str, setup: GpuSetup, pinned: dict[str, Any], bits:
     out = []
     for stage, offload in stages:
         for optim in optims:
-            if optim in ("adamw_8bit", "paged_adamw_8bit") and stage and "optim" not in pinned:
+            if "optim" not in pinned and conflicts(TrainConfig(optim=optim, deepspeed_stage=stage)):
                 continue  # DeepSpeed runs its own optimizer partitions
             for gc in checkpointing:
                 out.append(Family(ft, bits, stage, offload, gc, optim, dtype, amp))
@@ -171,9 +170,8 @@ def _methods(spec: ModelSpec, pinned: dict[str, Any]) -> tuple[list[tuple[str, i
     bits = pinned.get("quantization_bit")
     skipped = []
     if ft in ("full", "freeze"):
-        if bits:
-            raise UserError(f"--quant {bits} with --method {ft}: quantized weights cannot be trained "
-                            "directly.", "Use LoRA on a quantized model (--method qlora) or drop --quant.")
+        for conflict in conflicts(TrainConfig(finetuning_type=ft, quantization_bit=bits)):
+            raise UserError(conflict.message, conflict.hint)
         return [(ft, None)], skipped
     if bits_pinned:
         return [("lora", bits)], skipped

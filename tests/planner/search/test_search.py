@@ -166,7 +166,7 @@ def test_bad_inputs_are_user_errors(estimator):
         search(spec("Qwen2.5-0.5B"), setup("H100"), None, pinned={}, margin=0.7, estimator=estimator)
     with pytest.raises(UserError, match="not a TrainConfig field"):
         search(spec("Qwen2.5-0.5B"), setup("H100"), None, pinned={"lora_rnak": 8}, estimator=estimator)
-    with pytest.raises(UserError, match="quantized"):
+    with pytest.raises(UserError, match="LoRA adapters only"):
         search(spec("Qwen2.5-0.5B"), setup("H100"), None, pinned={"finetuning_type": "full", "quantization_bit": 4},
                estimator=estimator)
 
