@@ -46,10 +46,14 @@ class ModelStates:
     notes: tuple[str, ...] = ()
 
 
+# the rules of planner.train_config.conflicts about what ZeRO can partition or offload; whether DeepSpeed
+# runs a bitsandbytes optimizer is the command line's and the exports' concern, not the byte count's
+_ZERO_FIELDS = frozenset({"deepspeed_stage", "offload", "quantization_bit"})
+
+
 def _check(train: TrainConfig) -> None:
-    """Refuse what DeepSpeed refuses (planner.train_config.conflicts, the rules on the ZeRO fields)."""
     for conflict in conflicts(train):
-        if {"deepspeed_stage", "offload"} & set(conflict.fields):
+        if set(conflict.fields) <= _ZERO_FIELDS and {"deepspeed_stage", "offload"} & set(conflict.fields):
             raise UserError(conflict.message, conflict.hint)
 
 

@@ -11,7 +11,7 @@ from planner.errors import UserError
 from planner.hardware.gpu_spec import GpuSetup, GpuSpec
 from planner.memory.zero import model_states
 from planner.model.catalog import find_model
-from planner.search.space import valid_stage
+from planner.search.space import build_space, config_for, valid_stage
 from planner.train_config import BNB_OPTIMIZERS, TrainConfig, conflicts
 
 
@@ -49,7 +49,8 @@ _GRID = [TrainConfig(finetuning_type=ft, quantization_bit=bits, deepspeed_stage=
 @pytest.mark.parametrize("config", _GRID, ids=lambda c: f"{c.method}-z{c.deepspeed_stage}-{c.offload}-{c.optim}")
 def test_flags_memory_model_and_search_agree(config):
     """The command line, the ZeRO memory model and the search refuse the same ZeRO combinations."""
-    zero_rules = [c for c in conflicts(config) if {"deepspeed_stage", "offload"} & set(c.fields)]
+    zero_rules = [c for c in conflicts(config) if {"deepspeed_stage", "offload"} & set(c.fields)
+                  and "optim" not in c.fields]
     opts = {"method": config.method, "quant": str(config.quantization_bit or "none"),
             "zero": config.deepspeed_stage, "offload": config.offload,
             "optim": config.optim, "dtype": config.dtype, "amp": config.amp}
@@ -67,6 +68,13 @@ def test_flags_memory_model_and_search_agree(config):
         assert err.value.message == zero_rules[0].message
     else:
         model_states(spec, config, setup)
-    bnb_with_zero = config.optim in BNB_OPTIMIZERS and config.deepspeed_stage
-    ok_for_search = valid_stage(config.deepspeed_stage, config.offload, config.quantization_bit)
-    assert ok_for_search == (not zero_rules or (bnb_with_zero and len(zero_rules) == 1))
+    assert valid_stage(config.deepspeed_stage, config.offload, config.quantization_bit) == (not zero_rules)
+
+
+def test_search_proposes_no_conflicting_family():
+    setup = GpuSetup(GpuSpec("H100", 80 << 30, compute_capability="9.0"), count=4)
+    space = build_space(find_model("Qwen2.5-7B").spec, setup, None, pinned={}, target_batch=None)
+    assert any(f.optim in BNB_OPTIMIZERS for f in space.families)
+    assert any(f.deepspeed_stage for f in space.families)
+    for fam in space.families:
+        assert conflicts(config_for(space, fam, 1024, 1, setup.world_size)) == (), fam.label
