@@ -86,6 +86,52 @@ class TrainConfig:
         return out
 
 
+# -- the memory model's view: which fields change the bytes, declared once -----------------------------
+
+# Every TrainConfig field, by how it reaches planner.memory. The estimate's two caches key on these
+# (memory_key, step_key): a field missing here would let a cache return a stale estimate, so a test fails
+# when a new field is not classified.
+#   step:   changes what one training step allocates (the replayed activations, planner.memory.step)
+#   states: changes only the model states, the optimizer or the notes (planner.memory.zero, weights, stack)
+#   shape:  the batch shape, evaluated per estimate (no cache key)
+#   none:   no effect on memory
+MEMORY_ROLE = {
+    "finetuning_type": "step", "quantization_bit": "step", "dtype": "step", "amp": "step", "lora_rank": "step",
+    "lora_dropout": "step", "lora_target": "step", "use_dora": "step", "freeze_trainable_layers": "step",
+    "attn_implementation": "step", "gradient_checkpointing": "step", "use_liger_kernel": "step",
+    "deepspeed_stage": "step", "trainer": "step",
+    "double_quantization": "states", "optim": "states", "offload": "states", "stack": "states",
+    "gradient_accumulation_steps": "states",
+    "cutoff_len": "shape", "per_device_train_batch_size": "shape",
+    "lora_alpha": "none",  # scales the adapter output: same tensors
+}
+# what of a field's value matters, where not all of it: accumulation only keeps gradients alive between
+# micro-batches (> 1); a step allocates the same under every ZeRO stage but for its gradient partition
+# (passed on separately as grad_scale)
+_STATES_VALUE = {"gradient_accumulation_steps": lambda n: n > 1}
+_STEP_VALUE = {"deepspeed_stage": lambda stage: 1 if stage else 0, "lora_target": tuple}
+
+
+def memory_key(c: TrainConfig) -> tuple:
+    """What an estimate's batch-independent part depends on (every step and states field).
+
+        >>> memory_key(TrainConfig(cutoff_len=512)) == memory_key(TrainConfig(cutoff_len=4096))
+        True
+    """
+    return tuple(_STATES_VALUE.get(name, _same)(getattr(c, name))
+                 for name, role in MEMORY_ROLE.items() if role in ("step", "states"))
+
+
+def step_key(c: TrainConfig) -> TrainConfig:
+    """`c` with every field but the step ones at its default: what the activation replay depends on."""
+    return TrainConfig(**{name: _STEP_VALUE.get(name, _same)(getattr(c, name))
+                          for name, role in MEMORY_ROLE.items() if role == "step"})
+
+
+def _same(value):
+    return value
+
+
 # -- validity: every rule that makes a TrainConfig impossible to train, written once ----------------------
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from planner.memory.step import ActivationModel, activation_model
 from planner.memory.zero import ModelStates, model_states
 from planner.model.params import linear_layers
 from planner.model.spec import ModelSpec
-from planner.train_config import TrainConfig
+from planner.train_config import TrainConfig, memory_key
 from planner.trainers import DEFAULT_TRAINER
 
 # input_ids and labels, int64 (an unpadded batch needs no attention_mask: transformers drops an all-ones
@@ -74,11 +74,7 @@ _STATIC_MAX = 8192
 
 
 def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
-    t = train
-    key = (model, setup, t.finetuning_type, t.quantization_bit, t.double_quantization, t.dtype, t.amp,
-           t.lora_rank, t.lora_target, t.lora_dropout, t.use_dora, t.freeze_trainable_layers,
-           t.attn_implementation, t.optim, t.gradient_checkpointing, t.use_liger_kernel, t.deepspeed_stage,
-           t.offload, t.gradient_accumulation_steps > 1, t.trainer, t.stack)
+    key = (model, setup, memory_key(train))
     hit = _STATIC.get(key)
     if hit is not None:
         return hit

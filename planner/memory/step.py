@@ -21,7 +21,7 @@ from planner.memory.shape import Shape, layer_shape
 from planner.memory.tape import Tape
 from planner.memory.terms import ZERO, Lin
 from planner.model.spec import ModelSpec
-from planner.train_config import TrainConfig
+from planner.train_config import TrainConfig, step_key
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,7 @@ def activation_model(spec: ModelSpec, train: TrainConfig, device: str, *, grad_s
 
     grad_scale: the fraction of each parameter gradient this rank keeps (ZeRO-2/3); grads_resident:
     gradients exist before backward (gradient accumulation)."""
-    # only the fields that change what a step allocates per token
-    key = TrainConfig(
-        finetuning_type=train.finetuning_type, quantization_bit=train.quantization_bit, dtype=train.dtype,
-        amp=train.amp, lora_rank=train.lora_rank, lora_dropout=train.lora_dropout,
-        lora_target=tuple(train.lora_target), use_dora=train.use_dora,
-        freeze_trainable_layers=train.freeze_trainable_layers, attn_implementation=train.attn_implementation,
-        gradient_checkpointing=train.gradient_checkpointing, use_liger_kernel=train.use_liger_kernel,
-        deepspeed_stage=1 if train.deepspeed_stage else 0, trainer=train.trainer)
+    key = step_key(train)  # only the fields that change what a step allocates (planner.train_config)
     return _activation_model(spec, key, device, grad_scale, grads_resident)
 
 

@@ -78,3 +78,77 @@ def test_search_proposes_no_conflicting_family():
     assert any(f.deepspeed_stage for f in space.families)
     for fam in space.families:
         assert conflicts(config_for(space, fam, 1024, 1, setup.world_size)) == (), fam.label
+
+
+# -- memory cache keys ----------------------------------------------------------------------------------
+
+def test_every_field_has_a_memory_role():
+    """A new TrainConfig field must say how it reaches the memory model, or the caches ignore it."""
+    from dataclasses import fields
+
+    from planner.train_config import MEMORY_ROLE
+
+    assert set(MEMORY_ROLE) == {f.name for f in fields(TrainConfig)}
+    assert set(MEMORY_ROLE.values()) <= {"step", "states", "shape", "none"}
+
+
+# per field: another value, and what it needs to be valid or to matter (set in the base as well)
+_CHANGES = {
+    "finetuning_type": ("freeze", {}), "quantization_bit": (4, {}),
+    "double_quantization": (False, {"quantization_bit": 4}), "dtype": ("fp16", {}),
+    "amp": ("bf16", {"dtype": "fp32"}), "cutoff_len": (1024, {}), "per_device_train_batch_size": (2, {}),
+    "gradient_accumulation_steps": (1, {}), "lora_rank": (64, {}), "lora_alpha": (64, {}),
+    "lora_dropout": (0.1, {}), "lora_target": (("q_proj", "v_proj"), {}), "use_dora": (True, {}),
+    "freeze_trainable_layers": (5, {"finetuning_type": "freeze"}), "attn_implementation": ("eager", {}),
+    "optim": ("adamw_8bit", {}), "gradient_checkpointing": (False, {}), "use_liger_kernel": (True, {}),
+    "deepspeed_stage": (2, {}), "offload": ("optimizer", {"deepspeed_stage": 2}),
+    "trainer": ("peft", {"quantization_bit": 4}), "stack": ("transformers==4.48", {}),
+}
+
+
+def _fresh():
+    from planner.memory import estimate, step
+
+    estimate._STATIC.clear()
+    step._activation_model.cache_clear()
+
+
+def _view(mb):
+    return mb.peak_bytes, mb.phases, mb.components, mb.host_bytes, mb.notes
+
+
+@pytest.mark.parametrize("field", sorted(_CHANGES))
+def test_cached_estimate_equals_a_fresh_one(field):
+    """Whatever was estimated before, a config's estimate is the one computed from scratch: the caches'
+    keys hold every field that changes the bytes."""
+    from planner.memory import estimate_memory
+
+    spec = find_model("Qwen2.5-0.5B").spec
+    setup = GpuSetup(GpuSpec("H100", 80 << 30, compute_capability="9.0"), count=1)
+    value, needs = _CHANGES[field]
+    base = TrainConfig(cutoff_len=512, gradient_accumulation_steps=4, **needs)
+    changed = base.with_(**{field: value})
+    assert changed != base
+    _fresh()
+    want = _view(estimate_memory(spec, changed, setup))
+    _fresh()
+    estimate_memory(spec, base, setup)
+    assert _view(estimate_memory(spec, changed, setup)) == want
+
+
+def test_changes_cover_every_field():
+    from dataclasses import fields
+
+    assert set(_CHANGES) == {f.name for f in fields(TrainConfig)}
+
+
+@pytest.mark.parametrize("field", sorted(_CHANGES))
+def test_step_key_keeps_what_the_replay_reads(field):
+    """The replay of a config's step key is the replay of the config itself: step_key drops only fields
+    the step does not read."""
+    from planner.memory.step import activation_model, replay_step
+
+    spec = find_model("Qwen2.5-0.5B").spec
+    value, needs = _CHANGES[field]
+    changed = TrainConfig(cutoff_len=512, **needs).with_(**{field: value})
+    assert activation_model(spec, changed, "cuda", grad_scale=0.5) == replay_step(spec, changed, "cuda", grad_scale=0.5)
