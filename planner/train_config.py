@@ -86,6 +86,65 @@ class TrainConfig:
         return out
 
 
+# -- the trainers' names for the fields, each table once ----------------------------------------------
+
+# TrainConfig field -> LLaMA-Factory's argument (llamafactory/hparams/model_args.py, finetuning_args.py,
+# data_args.py; transformers' TrainingArguments for the batch and the optimizer). dtype and amp become
+# bf16/fp16/pure_bf16, the two ZeRO fields one DeepSpeed JSON file (`deepspeed:`); trainer and stack
+# have no argument. The export writes these, `plan --check` reads them back.
+LLAMAFACTORY_NAMES = {
+    "finetuning_type": "finetuning_type", "quantization_bit": "quantization_bit",
+    "double_quantization": "double_quantization", "cutoff_len": "cutoff_len",
+    "per_device_train_batch_size": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "lora_rank": "lora_rank",
+    "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout", "lora_target": "lora_target", "use_dora": "use_dora",
+    "freeze_trainable_layers": "freeze_trainable_layers", "attn_implementation": "flash_attn", "optim": "optim",
+    "gradient_checkpointing": "disable_gradient_checkpointing", "use_liger_kernel": "enable_liger_kernel",
+    "deepspeed_stage": "deepspeed", "offload": "deepspeed",
+}
+# attn_implementation -> LLaMA-Factory's flash_attn (model_args.py AttentionFunction; "auto": the model's)
+FLASH_ATTN = {"flash_attention_2": "fa2", "sdpa": "sdpa", "eager": "disabled"}
+
+
+def to_llamafactory(c: TrainConfig, name: str):
+    """The value of LLaMA-Factory's argument for field `name` (LLAMAFACTORY_NAMES[name]).
+
+        >>> to_llamafactory(TrainConfig(gradient_checkpointing=False), "gradient_checkpointing")
+        True
+    """
+    value = getattr(c, name)
+    if name == "lora_target":
+        return ",".join(value)
+    if name == "attn_implementation":
+        return FLASH_ATTN[value]
+    if name == "gradient_checkpointing":
+        return not value  # disable_gradient_checkpointing
+    if name == "optim":
+        return hf_optim(value)
+    return value
+
+
+def from_llamafactory(name: str, value):
+    """The TrainConfig value of field `name` from its LLaMA-Factory argument (already type-checked)."""
+    if name == "lora_target":
+        return tuple(t.strip() for t in value.split(",") if t.strip())
+    if name == "attn_implementation":
+        return {v: k for k, v in FLASH_ATTN.items()}.get(value)  # auto (or unknown): the model's default
+    if name == "gradient_checkpointing":
+        return not value
+    return value
+
+
+# TrainConfig field -> the Axolotl key a person edits for it (src/axolotl/utils/schemas/)
+AXOLOTL_NAMES = {
+    "cutoff_len": "sequence_len", "per_device_train_batch_size": "micro_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps", "lora_rank": "lora_r", "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout", "use_dora": "peft_use_dora", "optim": "optimizer",
+    "quantization_bit": "load_in_4bit/load_in_8bit", "use_liger_kernel": "plugins (LigerPlugin)",
+    "gradient_checkpointing": "gradient_checkpointing", "deepspeed_stage": "deepspeed", "offload": "deepspeed",
+}
+
+
 # -- the memory model's view: which fields change the bytes, declared once -----------------------------
 
 # Every TrainConfig field, by how it reaches planner.memory. The estimate's two caches key on these

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from planner.train_config import hf_optim
+from planner.train_config import LLAMAFACTORY_NAMES, to_llamafactory
 
 # LLaMA-Factory template names (src/llamafactory/data/template.py, register_template) by model family.
 LF_TEMPLATES = {
@@ -185,43 +185,45 @@ def llamafactory_config(plan, *, model_ref: str, data_ref: dict[str, Any] | None
     def add(section: str, key: str, value: Any, reason: str = "") -> None:
         rows.append((section, key, value, reason))
 
+    def put(section: str, name: str, reason: str = "") -> None:  # a TrainConfig field, by LLaMA-Factory's name
+        add(section, LLAMAFACTORY_NAMES[name], to_llamafactory(c, name), reason)
+
     add("model", "model_name_or_path", model_ref)
     if spec.model_type in REMOTE_CODE:
         add("model", "trust_remote_code", True, "its modeling code lives in the hub repo")
     if c.quantization_bit:
-        add("model", "quantization_bit", c.quantization_bit, why.get("method", ""))
+        put("model", "quantization_bit", why.get("method", ""))
         add("model", "quantization_method", "bitsandbytes")
         if c.quantization_bit == 4:
-            add("model", "double_quantization", c.double_quantization, "quantizes the absmax constants too")
+            put("model", "double_quantization", "quantizes the absmax constants too")
     if c.use_liger_kernel:
-        add("model", "enable_liger_kernel", True, "fused kernels; the logits are never materialized")
+        put("model", "use_liger_kernel", "fused kernels; the logits are never materialized")
     if c.attn_implementation:
-        add("model", "flash_attn", {"flash_attention_2": "fa2", "sdpa": "sdpa", "eager": "disabled"}
-            [c.attn_implementation])
+        put("model", "attn_implementation")
     if not c.gradient_checkpointing:
-        add("model", "disable_gradient_checkpointing", True, why.get("gradient_checkpointing", ""))
+        put("model", "gradient_checkpointing", why.get("gradient_checkpointing", ""))
     add("method", "stage", "pt" if _all_text(data_ref) else "sft",
         "pre-training on text: every token is a label" if _all_text(data_ref) else "")
     add("method", "do_train", True)
-    add("method", "finetuning_type", c.finetuning_type)
+    put("method", "finetuning_type")
     if c.is_lora:
-        add("method", "lora_rank", c.lora_rank, hp.why.get("lora_rank", ""))
-        add("method", "lora_alpha", c.lora_alpha, hp.why.get("lora_alpha", ""))
-        add("method", "lora_dropout", c.lora_dropout)
-        add("method", "lora_target", ",".join(c.lora_target), "every linear layer" if c.lora_target == ("all",) else "")
+        put("method", "lora_rank", hp.why.get("lora_rank", ""))
+        put("method", "lora_alpha", hp.why.get("lora_alpha", ""))
+        put("method", "lora_dropout")
+        put("method", "lora_target", "every linear layer" if c.lora_target == ("all",) else "")
         if c.use_dora:
-            add("method", "use_dora", True)
+            put("method", "use_dora")
     if c.finetuning_type == "freeze":
-        add("method", "freeze_trainable_layers", c.freeze_trainable_layers)
+        put("method", "freeze_trainable_layers")
     if c.finetuning_type in ("full", "freeze") and c.dtype in ("bf16", "fp16") and not c.amp:
         add("method", "pure_bf16", True, "weights, gradients and states in 16-bit (no fp32 master copy)")
     if deepspeed_file:
-        add("method", "deepspeed", deepspeed_file, why.get("deepspeed", ""))
+        add("method", LLAMAFACTORY_NAMES["deepspeed_stage"], deepspeed_file, why.get("deepspeed", ""))
     data_keys, info, data_why = dataset_keys(data_ref, out_dir)
     add("dataset", "dataset", data_keys["dataset"], data_why)
     add("dataset", "dataset_dir", data_keys["dataset_dir"])
     add("dataset", "template", lf_template(spec), f"{spec.model_type} chat format")
-    add("dataset", "cutoff_len", c.cutoff_len, why.get("cutoff_len", ""))
+    put("dataset", "cutoff_len", why.get("cutoff_len", ""))
     if plan.packing:
         add("dataset", "packing", True, "concatenate samples: no padding")
     elif _all_text(data_ref):  # LLaMA-Factory packs pre-training text by default (hparams/parser.py:520)
@@ -234,10 +236,8 @@ def llamafactory_config(plan, *, model_ref: str, data_ref: dict[str, Any] | None
     add("output", "plot_loss", True)
     add("output", "overwrite_output_dir", True)
     add("output", "report_to", "none")
-    add("train", "per_device_train_batch_size", c.per_device_train_batch_size,
-        why.get("per_device_train_batch_size", ""))
-    add("train", "gradient_accumulation_steps", c.gradient_accumulation_steps,
-        f"effective batch {plan.effective_batch}")
+    put("train", "per_device_train_batch_size", why.get("per_device_train_batch_size", ""))
+    put("train", "gradient_accumulation_steps", f"effective batch {plan.effective_batch}")
     add("train", "learning_rate", hp.learning_rate, hp.why.get("learning_rate", ""))
     add("train", "num_train_epochs", hp.num_train_epochs, hp.why.get("num_train_epochs", ""))
     add("train", "lr_scheduler_type", hp.lr_scheduler_type)
@@ -246,7 +246,7 @@ def llamafactory_config(plan, *, model_ref: str, data_ref: dict[str, Any] | None
         add("train", "bf16", True, hp.why.get("precision", ""))
     elif hp.fp16:
         add("train", "fp16", True, hp.why.get("precision", ""))
-    add("train", "optim", hf_optim(c.optim))
+    put("train", "optim")
     add("train", "ddp_timeout", 180000000, "long preprocessing on rank 0 must not time out the others")
     if hp.val_size:
         add("eval", "val_size", hp.val_size, hp.why.get("val_size", ""))

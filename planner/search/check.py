@@ -22,10 +22,15 @@ from planner.errors import Infeasible, UserError
 from planner.hardware.gpu_spec import GpuSetup
 from planner.memory.breakdown import gpu_limit_bytes
 from planner.model.spec import ModelSpec
-from planner.train_config import TrainConfig
+from planner.train_config import (
+    AXOLOTL_NAMES,
+    LLAMAFACTORY_NAMES,
+    TrainConfig,
+    from_llamafactory,
+    to_llamafactory,
+)
 
 GIB = 1 << 30
-_FLASH = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "auto": None}
 # LLaMA-Factory's bundled DeepSpeed configs, when the file is not here to read (examples/deepspeed/).
 _DS_NAMES = {"ds_z0_config.json": (0, "none"), "ds_z2_config.json": (2, "none"),
              "ds_z2_offload_config.json": (2, "optimizer"), "ds_z3_config.json": (3, "none"),
@@ -158,28 +163,33 @@ def parse_llamafactory(r: _Reader) -> tuple[str, TrainConfig, dict[str, Any]]:
     model = r.get("model_name_or_path", str)
     if not model:
         raise UserError(f"{r.path}: model_name_or_path is missing.")
-    ft = r.choice("finetuning_type", ("lora", "full", "freeze"), "lora")
-    bits = r.get("quantization_bit", int)
+    n = LLAMAFACTORY_NAMES
+    ft = r.choice(n["finetuning_type"], ("lora", "full", "freeze"), "lora")
+    bits = r.get(n["quantization_bit"], int)
     if bits not in (None, 4, 8):
-        raise UserError(f"{r.where('quantization_bit')}: quantization_bit {bits}: the planner knows 4 and 8 "
+        raise UserError(f"{r.where(n['quantization_bit'])}: quantization_bit {bits}: the planner knows 4 and 8 "
                         "(bitsandbytes).")
     dtype, amp = _precision(bool(r.get("bf16", bool, False)), bool(r.get("fp16", bool, False)),
                             bool(r.get("pure_bf16", bool, False)), ft != "lora")
-    stage, offload = _deepspeed(r.doc.get("deepspeed"), r.path.parent, r.where("deepspeed"))
-    target = r.get("lora_target", str, "all")
+    ds = n["deepspeed_stage"]
+    stage, offload = _deepspeed(r.doc.get(ds), r.path.parent, r.where(ds))
+    rank = r.get(n["lora_rank"], int, 8)
     train = TrainConfig(
-        finetuning_type=ft, quantization_bit=bits, double_quantization=r.get("double_quantization", bool, True),
-        dtype=dtype, amp=amp, cutoff_len=r.get("cutoff_len", int, 2048),
-        per_device_train_batch_size=r.get("per_device_train_batch_size", int, 1),
-        gradient_accumulation_steps=r.get("gradient_accumulation_steps", int, 1),
-        lora_rank=r.get("lora_rank", int, 8), lora_alpha=r.get("lora_alpha", int, None) or 2 * r.get("lora_rank", int, 8),
-        lora_dropout=float(r.get("lora_dropout", (int, float), 0.0)),
-        lora_target=tuple(t.strip() for t in target.split(",") if t.strip()),
-        use_dora=r.get("use_dora", bool, False), freeze_trainable_layers=r.get("freeze_trainable_layers", int, 2),
-        attn_implementation=_FLASH.get(r.doc.get("flash_attn", "auto")),
-        optim=r.get("optim", str, "adamw_torch"),
-        gradient_checkpointing=not r.get("disable_gradient_checkpointing", bool, False),
-        use_liger_kernel=r.get("enable_liger_kernel", bool, False), deepspeed_stage=stage, offload=offload,
+        finetuning_type=ft, quantization_bit=bits,
+        double_quantization=r.get(n["double_quantization"], bool, True), dtype=dtype, amp=amp,
+        cutoff_len=r.get(n["cutoff_len"], int, 2048),
+        per_device_train_batch_size=r.get(n["per_device_train_batch_size"], int, 1),
+        gradient_accumulation_steps=r.get(n["gradient_accumulation_steps"], int, 1),
+        lora_rank=rank, lora_alpha=r.get(n["lora_alpha"], int, None) or 2 * rank,
+        lora_dropout=float(r.get(n["lora_dropout"], (int, float), 0.0)),
+        lora_target=from_llamafactory("lora_target", r.get(n["lora_target"], str, "all")),
+        use_dora=r.get(n["use_dora"], bool, False),
+        freeze_trainable_layers=r.get(n["freeze_trainable_layers"], int, 2),
+        attn_implementation=from_llamafactory("attn_implementation", r.doc.get(n["attn_implementation"], "auto")),
+        optim=r.get(n["optim"], str, "adamw_torch"),
+        gradient_checkpointing=from_llamafactory("gradient_checkpointing",
+                                                 r.get(n["gradient_checkpointing"], bool, False)),
+        use_liger_kernel=r.get(n["use_liger_kernel"], bool, False), deepspeed_stage=stage, offload=offload,
         trainer="llamafactory",
     )
     return model, train, {"packing": bool(r.get("packing", bool, False))}
@@ -216,27 +226,21 @@ def parse_axolotl(r: _Reader) -> tuple[str, TrainConfig, dict[str, Any]]:
     return model, train, {"packing": bool(r.get("sample_packing", bool, False))}
 
 
-# TrainConfig field -> the name a person edits in each flavor
-LF_NAMES = {"gradient_checkpointing": "disable_gradient_checkpointing", "use_liger_kernel": "enable_liger_kernel",
-            "deepspeed_stage": "deepspeed", "offload": "deepspeed"}
-AXOLOTL_NAMES = {"cutoff_len": "sequence_len", "per_device_train_batch_size": "micro_batch_size",
-                 "lora_rank": "lora_r", "optim": "optimizer", "quantization_bit": "load_in_4bit/load_in_8bit",
-                 "use_liger_kernel": "plugins (LigerPlugin)", "deepspeed_stage": "deepspeed", "offload": "deepspeed"}
 _COMPARED = ("quantization_bit", "cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps",
              "gradient_checkpointing", "use_liger_kernel", "deepspeed_stage", "offload", "optim")
 
 
 def _changes(flavor: str, old: TrainConfig, new: TrainConfig) -> list[tuple[str, Any, Any]]:
-    names = LF_NAMES if flavor == "llamafactory" else AXOLOTL_NAMES
+    names = LLAMAFACTORY_NAMES if flavor == "llamafactory" else AXOLOTL_NAMES
     out = []
     for key in _COMPARED:
         a, b = getattr(old, key), getattr(new, key)
         if a == b:
             continue
-        if key == "gradient_checkpointing" and flavor == "llamafactory":
-            a, b = not a, not b
         if key == "optim" and not ("8bit" in str(b) or "8bit" in str(a)):
             continue  # fused vs foreach AdamW does not decide fit
+        if key == "gradient_checkpointing" and flavor == "llamafactory":
+            a, b = to_llamafactory(old, key), to_llamafactory(new, key)
         out.append((names.get(key, key), a, b))
     return out
 

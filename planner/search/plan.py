@@ -10,7 +10,7 @@ from planner.model.spec import ModelSpec
 from planner.search.hparams import HParams
 from planner.search.objective import Candidate
 from planner.search.throughput import Throughput
-from planner.train_config import TrainConfig
+from planner.train_config import LLAMAFACTORY_NAMES, TrainConfig, to_llamafactory
 
 GIB = 1 << 30
 
@@ -34,43 +34,34 @@ def duration(seconds: float | None) -> str:
     return f"{hours / 24:.1f} days"
 
 
-def llamafactory_config(config: TrainConfig, hp: HParams, *, packing: bool = False) -> dict[str, Any]:
-    """The plan in LLaMA-Factory's argument names (deepspeed as a stage number here; the export writes
-    the JSON file LLaMA-Factory's `deepspeed:` key expects)."""
-    out: dict[str, Any] = {"finetuning_type": config.finetuning_type}
+def config_json(config: TrainConfig, hp: HParams, *, packing: bool = False) -> dict[str, Any]:
+    """The plan's settings in LLaMA-Factory's argument names (planner.train_config.LLAMAFACTORY_NAMES),
+    but the ZeRO stage and offload as themselves (the export writes the JSON file LLaMA-Factory's
+    `deepspeed:` key expects) and the optimizer by vramplan's name."""
+
+    def lf(*names: str) -> dict[str, Any]:
+        return {LLAMAFACTORY_NAMES[n]: to_llamafactory(config, n) for n in names}
+
+    out = lf("finetuning_type")
     if config.quantization_bit:
-        out["quantization_bit"] = config.quantization_bit
-        out["quantization_method"] = "bitsandbytes"
+        out.update(lf("quantization_bit"), quantization_method="bitsandbytes")
         if config.quantization_bit == 4:
-            out["double_quantization"] = config.double_quantization
+            out.update(lf("double_quantization"))
     if config.is_lora:
-        out.update(lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                   lora_target=",".join(config.lora_target))
+        out.update(lf("lora_rank", "lora_alpha", "lora_dropout", "lora_target"))
         if config.use_dora:
-            out["use_dora"] = True
+            out.update(lf("use_dora"))
     if config.finetuning_type == "freeze":
-        out["freeze_trainable_layers"] = config.freeze_trainable_layers
-    out.update(
-        cutoff_len=config.cutoff_len,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=hp.learning_rate,
-        num_train_epochs=hp.num_train_epochs,
-        lr_scheduler_type=hp.lr_scheduler_type,
-        warmup_steps=hp.warmup_steps,
-        bf16=hp.bf16,
-        fp16=hp.fp16,
-        optim=config.optim,
-        deepspeed_stage=config.deepspeed_stage,
-        offload=config.offload,
-        disable_gradient_checkpointing=not config.gradient_checkpointing,
-        enable_liger_kernel=config.use_liger_kernel,
-        val_size=hp.val_size,
-    )
+        out.update(lf("freeze_trainable_layers"))
+    out.update(lf("cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps"))
+    out.update(learning_rate=hp.learning_rate, num_train_epochs=hp.num_train_epochs,
+               lr_scheduler_type=hp.lr_scheduler_type, warmup_steps=hp.warmup_steps, bf16=hp.bf16, fp16=hp.fp16,
+               optim=config.optim, deepspeed_stage=config.deepspeed_stage, offload=config.offload)
+    out.update(lf("gradient_checkpointing", "use_liger_kernel"), val_size=hp.val_size)
     if packing:
         out["packing"] = True
     if config.attn_implementation:
-        out["flash_attn"] = {"flash_attention_2": "fa2", "sdpa": "sdpa", "eager": "disabled"}[config.attn_implementation]
+        out.update(lf("attn_implementation"))
     return out
 
 
@@ -109,7 +100,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         tp = self.throughput
         config = {"method": self.config.method, "trainer": self.config.trainer,
-                  **llamafactory_config(self.config, self.hparams, packing=self.packing),
+                  **config_json(self.config, self.hparams, packing=self.packing),
                   "effective_batch_size": self.effective_batch}
         if self.group_by_length:
             config["group_by_length"] = True

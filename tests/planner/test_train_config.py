@@ -152,3 +152,27 @@ def test_step_key_keeps_what_the_replay_reads(field):
     value, needs = _CHANGES[field]
     changed = TrainConfig(cutoff_len=512, **needs).with_(**{field: value})
     assert activation_model(spec, changed, "cuda", grad_scale=0.5) == replay_step(spec, changed, "cuda", grad_scale=0.5)
+
+
+# -- trainer names ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", [
+    TrainConfig(quantization_bit=4, double_quantization=False, cutoff_len=4096, per_device_train_batch_size=2,
+                gradient_accumulation_steps=4, lora_rank=32, lora_alpha=16, lora_dropout=0.05,
+                lora_target=("q_proj", "v_proj"), use_dora=True, attn_implementation="eager",
+                optim="paged_adamw_8bit", gradient_checkpointing=False, use_liger_kernel=True),
+    TrainConfig(finetuning_type="freeze", freeze_trainable_layers=4, attn_implementation="flash_attention_2"),
+    TrainConfig(quantization_bit=8, attn_implementation="sdpa", optim="adamw_torch_fused"),
+], ids=["qlora", "freeze", "int8"])
+def test_llamafactory_names_read_back(config, tmp_path):
+    """What the export writes under LLaMA-Factory's names, `plan --check` reads back as the same fields."""
+    from planner.search.check import _Reader, parse_llamafactory
+    from planner.train_config import LLAMAFACTORY_NAMES, to_llamafactory
+
+    doc = {"model_name_or_path": "Qwen/Qwen2.5-7B", "bf16": True}
+    for name, key in LLAMAFACTORY_NAMES.items():
+        if key != "deepspeed":  # a DeepSpeed JSON file (test_check.py)
+            doc[key] = to_llamafactory(config, name)
+    _, back, _ = parse_llamafactory(_Reader(tmp_path / "train.yaml", doc, {}))
+    for name in LLAMAFACTORY_NAMES:
+        assert getattr(back, name) == getattr(config, name), name
