@@ -18,6 +18,7 @@ from planner.model.resolve import resolve_model_noted
 from planner.model.spec import ModelSpec
 from planner.request import PlanRequest
 from planner.train_config import TrainConfig
+from planner.units import gib
 
 
 @dataclass
@@ -196,7 +197,7 @@ def _fixed_stage(spec: ModelSpec, setup: GpuSetup, stats, pinned: dict[str, Any]
         if breakdown.fits_budget and breakdown.host_fits:
             report.warnings.append(
                 f"the peak fits the card but not the {margin:.0%} safety margin (limit "
-                f"{breakdown.limit_bytes / (1 << 30):.2f} GiB): the search would never choose this config. Lower "
+                f"{gib(breakdown.limit_bytes)}): the search would never choose this config. Lower "
                 "--margin only if a measurement on this card backs it (plan calibrate)")
         else:
             report.notes.append("this configuration does not fit; drop --fixed to let the planner search")

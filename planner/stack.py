@@ -20,6 +20,7 @@ import re
 from functools import cache
 
 from planner.errors import UserError
+from planner.units import gib
 
 PACKAGES = ("transformers", "peft", "bitsandbytes", "trl", "llamafactory", "axolotl", "torch")
 # What a plan assumes when a package is neither installed nor given: the releases the recipes were read from.
@@ -93,7 +94,7 @@ def stack_notes(stack: str, *, is_moe: bool, quantized: bool, trainer: str, expe
         notes.append(
             f"!! MoE + {'QLoRA' if quantized else 'k-bit'} on transformers {v['transformers']}: the routed experts "
             f"are fused 3-D parameters that BitsAndBytesConfig does not quantize (only nn.Linear is), so they stay "
-            f"16-bit ({expert_bytes_16bit / (1 << 30):.1f} GiB here) and only attention and shared layers are 4-bit. "
+            f"16-bit ({gib(expert_bytes_16bit, 1)} here) and only attention and shared layers are 4-bit. "
             f"What would work: plan for transformers 4.57 (--stack transformers==4.57: one nn.Linear per expert, "
             f"quantized), or 16-bit LoRA with ZeRO-3 across GPUs.")
     if not at_least(stack, "transformers", "4.49"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-GIB = 1 << 30
+from planner.units import GIB, gib
 
 
 @click.command("calibrate")
@@ -47,6 +47,6 @@ def calibrate_cmd(log_path, out_path, fmt, debug):
     click.echo(f"  cuBLAS workspace    {f['cublas_workspace_bytes'] / GIB:7.2f} GiB")
     click.echo(f"  kernel temporaries  {f['kernel_temp_bytes_per_token_hidden']:7.2f} B per token x hidden")
     click.echo(f"  allocator slack     {f['allocator_slack_ratio']:7.2%} of allocated + "
-               f"{f['allocator_slack_bytes'] / GIB:.2f} GiB")
+               f"{gib(f['allocator_slack_bytes'])}")
     click.echo(f"  fit: median |error| {q.get('median_abs_error', 0):.1%}, max {q.get('max_abs_error', 0):.1%}, "
                f"{q.get('under_predicted', 0)} under-predicted")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from planner.train_config import LLAMAFACTORY_NAMES, to_llamafactory
+from planner.units import gib
 
 # LLaMA-Factory template names (src/llamafactory/data/template.py, register_template) by model family.
 LF_TEMPLATES = {
@@ -263,7 +264,7 @@ def llamafactory_yaml(plan, *, model_ref: str, data_ref: dict[str, Any] | None, 
     s = plan.setup
     hw = f"{s.count} x {s.gpu.name}" + (f" x {s.nodes} nodes" if s.nodes > 1 else "")
     lines = [f"# {plan.model.name} on {hw}: planned by vramplan (peak "
-             f"{plan.memory.peak_bytes / (1 << 30):.1f} GiB of {plan.limit_bytes / (1 << 30):.1f} GiB limit).",
+             f"{gib(plan.memory.peak_bytes, 1)} of {gib(plan.limit_bytes, 1)} limit).",
              "# Run: llamafactory-cli train llamafactory.yaml  (or ./launch.sh)"]
     section = None
     for sec, key, value, why in rows:

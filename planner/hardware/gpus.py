@@ -13,8 +13,7 @@ from dataclasses import dataclass, replace
 from planner.errors import UserError
 from planner.hardware.catalog import closest_gpus, default_gpu, find_gpu
 from planner.hardware.gpu_spec import GpuSetup, GpuSpec
-
-GIB = 1 << 30
+from planner.units import GIB, gib
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ def _sanity_notes(spec: GpuSpec, count: int) -> list[str]:
     biggest = max(load_gpus(), key=lambda e: e.spec.memory_bytes).spec
     if spec.vendor == "generic" and spec.memory_bytes > 2 * biggest.memory_bytes:
         notes.append(f"--gpu {spec.name[:-len(' card')]}: more than twice the largest card in the catalog "
-                     f"({biggest.name}, {biggest.memory_bytes / GIB:.0f} GiB); planning as given")
+                     f"({biggest.name}, {gib(biggest.memory_bytes, 0)}); planning as given")
     if count > MAX_GPUS_PER_NODE:
         notes.append(f"--gpus {count}: GPUs per node; a node holds at most {MAX_GPUS_PER_NODE}. For more "
                      "machines give --gpus per node and --nodes (e.g. --gpus 8 --nodes 4)")

@@ -17,8 +17,8 @@ import re
 
 from planner.errors import UserError
 from planner.hardware.gpu_spec import GpuSetup, GpuSpec
+from planner.units import GIB, KIB, MIB, PIB, TIB, gib
 
-GIB = 1 << 30
 # What the plan may use of a node's RAM: the OS, page cache for the dataset and the data-loader workers
 # keep the rest. Assumption (no published figure; a 10% reserve is what Linux distributions' OOM
 # killers leave in practice before swapping starts).
@@ -58,7 +58,7 @@ WORKSTATION_RAM_PER_GPU_MEMORY = 2.0
 WORKSTATION_MIN_BYTES = 32 * GIB
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-_UNIT = {"": GIB, "k": 1 << 10, "m": 1 << 20, "g": GIB, "t": 1 << 40, "p": 1 << 50}
+_UNIT = {"": GIB, "k": KIB, "m": MIB, "g": GIB, "t": TIB, "p": PIB}
 
 
 def parse_size(text: str, *, flag: str = "--host-mem") -> int:
@@ -108,7 +108,7 @@ def check_host_mem(setup: GpuSetup, given_bytes: int, text: str) -> None:
     """--host-mem below what the node's GPU processes need before any offload is a mistake in the flag."""
     floor = process_host_bytes(setup)
     if floor and given_bytes * HOST_RAM_USABLE < floor:
-        raise UserError(f"--host-mem {text}: {given_bytes / GIB:.1f} GiB per node cannot hold {setup.count} GPU "
+        raise UserError(f"--host-mem {text}: {gib(given_bytes, 1)} per node cannot hold {setup.count} GPU "
                         f"process(es) ({PROCESS_HOST_BYTES // GIB} GiB each for CUDA, torch and pinned buffers, "
                         f"with {1 - HOST_RAM_USABLE:.0%} left to the OS).",
                         "--host-mem is the RAM of one node (e.g. --host-mem 512G); check the unit.")

@@ -18,9 +18,7 @@ import math
 from planner.model.params import count_params, linear_layers, lora_adapter_params
 from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
-
-GIB = 1 << 30
-MIB = 1 << 20
+from planner.units import GIB, MIB
 
 ANCHORS = ("accelerate", "deepspeed", "llamafactory", "gpu_poor", "guide_2p5gb_per_1k")
 

@@ -13,17 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from planner.units import gib
+
 PHASES = ("load", "forward", "backward", "optimizer")
-GIB = 1 << 30
 
 
 def gpu_limit_bytes(budget_bytes: int, margin: float) -> int:
     """The device peak a plan may reach on a card of `budget_bytes` with a safety `margin`."""
     return int(budget_bytes * (1.0 - margin))
-
-
-def _gib(n: int | float) -> str:
-    return f"{n / GIB:.2f}"
 
 
 @dataclass(frozen=True)
@@ -91,15 +88,15 @@ class MemoryBreakdown:
         """Why it does not fit, one line per budget that fails (empty when it fits); amounts are positive."""
         out = []
         if self.peak_bytes > self.budget_bytes:
-            out.append(f"GPU memory: needs {_gib(self.peak_bytes)} GiB of {_gib(self.budget_bytes)} GiB, "
-                       f"{_gib(self.peak_bytes - self.budget_bytes)} GiB over")
+            out.append(f"GPU memory: needs {gib(self.peak_bytes, unit=False)} GiB of {gib(self.budget_bytes, unit=False)} GiB, "
+                       f"{gib(self.peak_bytes - self.budget_bytes, unit=False)} GiB over")
         elif self.peak_bytes > self.limit_bytes:
-            out.append(f"safety margin: needs {_gib(self.peak_bytes)} GiB, within the {_gib(self.budget_bytes)} GiB "
-                       f"card but over the {_gib(self.limit_bytes)} GiB limit of the {self.margin:.0%} margin "
-                       f"(by {_gib(self.peak_bytes - self.limit_bytes)} GiB)")
+            out.append(f"safety margin: needs {gib(self.peak_bytes, unit=False)} GiB, within the {gib(self.budget_bytes, unit=False)} GiB "
+                       f"card but over the {gib(self.limit_bytes, unit=False)} GiB limit of the {self.margin:.0%} margin "
+                       f"(by {gib(self.peak_bytes - self.limit_bytes, unit=False)} GiB)")
         if not self.host_fits:
-            out.append(f"host RAM: needs {_gib(self.host_need_bytes)} GiB per node of {_gib(self.host_budget_bytes)} "
-                       f"GiB usable, {_gib(self.host_need_bytes - self.host_budget_bytes)} GiB over")
+            out.append(f"host RAM: needs {gib(self.host_need_bytes, unit=False)} GiB per node of {gib(self.host_budget_bytes, unit=False)} "
+                       f"GiB usable, {gib(self.host_need_bytes - self.host_budget_bytes, unit=False)} GiB over")
         return out
 
     def activations_per_1k_tokens(self) -> dict[str, int]:

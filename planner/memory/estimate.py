@@ -21,6 +21,7 @@ from planner.model.params import linear_layers
 from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig, memory_key
 from planner.trainers import DEFAULT_TRAINER
+from planner.units import gib
 
 # input_ids and labels, int64 (an unpadded batch needs no attention_mask: transformers drops an all-ones
 # mask for sdpa and builds the causal mask itself for eager)
@@ -109,7 +110,7 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
 
             plain = weight_bytes(model, train.with_(trainer=DEFAULT_TRAINER)).total_bytes
             extra = weight_bytes(model, train).total_bytes - plain
-            note += (f". The upcast costs {extra / (1 << 30):.2f} GiB of weights here, plus fp32 activations; "
+            note += (f". The upcast costs {gib(extra)} of weights here, plus fp32 activations; "
                      f"LLaMA-Factory, Axolotl and TRL >= 0.23 keep them 16-bit (--trainer llamafactory)")
         notes.append(note)
     from planner.stack import stack_notes

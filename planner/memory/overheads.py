@@ -32,8 +32,7 @@ from functools import lru_cache
 
 from planner.hardware.calibration import DeviceOverheads
 from planner.hardware.gpu_spec import GpuSpec
-
-MIB = 1 << 20
+from planner.units import MIB
 
 # CUDA context + kernel images with lazy module loading (CUDA >= 11.7, torch >= 2.0 default):
 # ~300-500 MB; without lazy loading over 1 GB (pytorch#107667). The upper end, until measured.

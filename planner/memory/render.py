@@ -8,8 +8,8 @@ from __future__ import annotations
 from rich.table import Table
 
 from planner.memory.breakdown import PHASES, MemoryBreakdown
+from planner.units import gib
 
-GIB = 1 << 30
 BAR_WIDTH = 30
 
 LABELS = {
@@ -20,10 +20,6 @@ LABELS = {
     "cublas_workspace": "cuBLAS workspaces", "kernel_temporaries": "kernel temporaries",
     "allocator_slack": "allocator slack",
 }
-
-
-def _gib(n: int | float) -> str:
-    return f"{n / GIB:.2f}"
 
 
 def render_memory(mb: MemoryBreakdown, console) -> None:
@@ -44,33 +40,33 @@ def render_memory(mb: MemoryBreakdown, console) -> None:
     biggest = max(mb.components.values(), default=1) or 1
     for name, nbytes in sorted(mb.components.items(), key=lambda kv: -kv[1]):
         bar = "█" * max(1 if nbytes else 0, round(BAR_WIDTH * nbytes / biggest))
-        table.add_row(LABELS.get(name, name), _gib(nbytes), f"{100 * nbytes / total:.0f}%", f"[cyan]{bar}[/]")
+        table.add_row(LABELS.get(name, name), gib(nbytes, unit=False), f"{100 * nbytes / total:.0f}%", f"[cyan]{bar}[/]")
     table.add_section()
-    table.add_row("[bold]peak[/]", f"[bold]{_gib(mb.peak_bytes)}[/]", "", "")
-    table.add_row("budget", _gib(mb.budget_bytes), "", "")
+    table.add_row("[bold]peak[/]", f"[bold]{gib(mb.peak_bytes, unit=False)}[/]", "", "")
+    table.add_row("budget", gib(mb.budget_bytes, unit=False), "", "")
     console.print(table)
 
     if mb.device != "cpu" and mb.reserved_bytes:
-        console.print(f"Peak per GPU: allocated {_gib(mb.allocated_bytes)}, reserved {_gib(mb.reserved_bytes)}, "
-                      f"device (nvidia-smi) {_gib(mb.peak_bytes)} GiB; the plan is checked against the device peak.")
-    phases = "  ".join(f"{p} {_gib(mb.phases[p])}" + (" *" if p == mb.peak_phase else "")
+        console.print(f"Peak per GPU: allocated {gib(mb.allocated_bytes, unit=False)}, reserved {gib(mb.reserved_bytes, unit=False)}, "
+                      f"device (nvidia-smi) {gib(mb.peak_bytes, unit=False)} GiB; the plan is checked against the device peak.")
+    phases = "  ".join(f"{p} {gib(mb.phases[p], unit=False)}" + (" *" if p == mb.peak_phase else "")
                        for p in PHASES if p in mb.phases)
     console.print(f"Phases (live tensors, GiB): {phases}")
     if mb.fits:
-        margin = f", within the {mb.margin:.0%} margin (limit {_gib(mb.limit_bytes)} GiB)" if mb.margin else ""
-        console.print(f"[green]Fits[/]: {_gib(mb.peak_bytes)} of {_gib(mb.budget_bytes)} GiB{margin}, "
-                      f"headroom {_gib(mb.headroom_bytes)} GiB.")
+        margin = f", within the {mb.margin:.0%} margin (limit {gib(mb.limit_bytes, unit=False)} GiB)" if mb.margin else ""
+        console.print(f"[green]Fits[/]: {gib(mb.peak_bytes, unit=False)} of {gib(mb.budget_bytes, unit=False)} GiB{margin}, "
+                      f"headroom {gib(mb.headroom_bytes, unit=False)} GiB.")
     else:
         for line in mb.shortfalls():
             console.print(f"[red]Does not fit[/] ({line}).")
     if mb.host_budget_bytes is not None and (mb.host_bytes or not mb.host_fits):
-        pinned = f" ({_gib(mb.host_bytes)} pinned by ZeRO offload)" if mb.host_bytes else ""
-        console.print(f"Host RAM per node: {_gib(mb.host_need_bytes)} GiB{pinned} of {_gib(mb.host_budget_bytes)} "
+        pinned = f" ({gib(mb.host_bytes, unit=False)} pinned by ZeRO offload)" if mb.host_bytes else ""
+        console.print(f"Host RAM per node: {gib(mb.host_need_bytes, unit=False)} GiB{pinned} of {gib(mb.host_budget_bytes, unit=False)} "
                       f"GiB usable; the node's RAM is {mb.host_source}.")
     per_1k = mb.activations_per_1k_tokens()
     if per_1k:
         console.print("Activations per 1K tokens (GiB): " + "  ".join(
-            f"{name.replace('_', ' + ').replace('grad + ckpt', 'checkpointing')} {_gib(v)}"
+            f"{name.replace('_', ' + ').replace('grad + ckpt', 'checkpointing')} {gib(v, unit=False)}"
             for name, v in per_1k.items()))
     if mb.overheads_source and mb.device != "cpu":
         console.print(f"[dim]Device overheads: {mb.overheads_source}[/]")

@@ -29,8 +29,8 @@ from planner.train_config import (
     from_llamafactory,
     to_llamafactory,
 )
+from planner.units import gib
 
-GIB = 1 << 30
 # LLaMA-Factory's bundled DeepSpeed configs, when the file is not here to read (examples/deepspeed/).
 _DS_NAMES = {"ds_z0_config.json": (0, "none"), "ds_z2_config.json": (2, "none"),
              "ds_z2_offload_config.json": (2, "optimizer"), "ds_z3_config.json": (3, "none"),
@@ -69,8 +69,8 @@ class CheckResult:
         s = self.setup
         console.print(f"[bold]{self.path}[/] ({self.flavor}): {self.model.name}, {self.config.method}, cutoff "
                       f"{self.config.cutoff_len}, micro batch {self.config.per_device_train_batch_size} on "
-                      f"{s.count} x {s.gpu.name}: {verdict} (peak {self.memory.peak_bytes / GIB:.1f} GiB, limit "
-                      f"{self.limit_bytes / GIB:.1f} GiB = {s.gpu.memory_bytes / GIB:.1f} GiB - {self.margin:.0%})")
+                      f"{s.count} x {s.gpu.name}: {verdict} (peak {gib(self.memory.peak_bytes, 1)}, limit "
+                      f"{gib(self.limit_bytes, 1)} = {gib(s.gpu.memory_bytes, 1)} - {self.margin:.0%})")
         for line in (self.memory.shortfalls() if hasattr(self.memory, "shortfalls") else []):
             console.print(f"[red]Does not fit[/] ({line}).")
         for w in self.warnings:

@@ -15,13 +15,9 @@ from typing import Any
 from planner.errors import Infeasible
 from planner.hardware.gpu_spec import GpuSetup
 from planner.model.spec import ModelSpec
+from planner.units import gib
 
-GIB = 1 << 30
 MORE_GPUS = ((2, 1), (4, 1), (8, 1), (8, 2), (8, 4), (8, 8))
-
-
-def _gib(n: float) -> str:
-    return f"{n / GIB:.1f} GiB"
 
 
 def _hw(setup: GpuSetup) -> str:
@@ -53,7 +49,7 @@ def _summary(plan) -> str:
     off = f" + {c.offload} offload" if c.offload != "none" else ""
     method = dict((k, v) for k, v, _ in plan.reasons).get("method", c.method)
     return (f"{method}{stage}{off}, cutoff {c.cutoff_len}, micro batch "
-            f"{c.per_device_train_batch_size}: peak {_gib(plan.memory.peak_bytes)} of {_gib(plan.limit_bytes)}")
+            f"{c.per_device_train_batch_size}: peak {gib(plan.memory.peak_bytes, 1)} of {gib(plan.limit_bytes, 1)}")
 
 
 def _unpin_groups(pinned: dict[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
@@ -147,8 +143,8 @@ def raise_infeasible(model: ModelSpec, setup: GpuSetup, data, ev, space, seen: l
     limit = int(ev.limit(seen[0].memory)) if seen else 0
     asked = ", ".join(f"{k}={v}" for k, v in sorted(pinned.items()) if v is not None) or "no settings pinned"
     closest = min(seen, key=lambda c: (not c.host_ok, c.memory.peak_bytes / max(1, c.limit_bytes))) if seen else None
-    lines = [f"Nothing fits: {model.name} on {_hw(setup)} ({_gib(setup.gpu.memory_bytes)} each, limit "
-             f"{_gib(limit)} with a {ev.margin:.0%} margin; {asked})."]
+    lines = [f"Nothing fits: {model.name} on {_hw(setup)} ({gib(setup.gpu.memory_bytes, 1)} each, limit "
+             f"{gib(limit, 1)} with a {ev.margin:.0%} margin; {asked})."]
     payload: dict[str, Any] = {"model": model.name, "gpu": setup.gpu.name, "count": setup.count,
                                "nodes": setup.nodes, "limit_bytes": limit, "margin": ev.margin,
                                "pinned": dict(pinned)}
@@ -157,7 +153,7 @@ def raise_infeasible(model: ModelSpec, setup: GpuSetup, data, ev, space, seen: l
         host = "" if closest.host_ok else " and more host RAM than the machine has"
         need = "more than " if getattr(closest.memory, "lower_bound", False) else ""
         lines.append(f"Closest: {closest.label}, cutoff {c.cutoff_len}, micro batch "
-                     f"{c.per_device_train_batch_size} needs {need}{_gib(closest.memory.peak_bytes)}{host}.")
+                     f"{c.per_device_train_batch_size} needs {need}{gib(closest.memory.peak_bytes, 1)}{host}.")
         payload["closest"] = closest.to_json()
     host_bound = [c for c in seen if not c.host_ok and c.memory.peak_bytes <= c.limit_bytes]
     if host_bound:
@@ -166,9 +162,9 @@ def raise_infeasible(model: ModelSpec, setup: GpuSetup, data, ev, space, seen: l
         h = min(host_bound, key=lambda c: c.memory.host_bytes)
         need = host_need_bytes(setup, h.memory.host_bytes)
         ram, source = host_ram_for(setup)
-        lines.append(f"{h.label} would fit the GPU ({_gib(h.memory.peak_bytes)}) but needs {_gib(need)} of host "
-                     f"RAM per node ({_gib(h.memory.host_bytes)} pinned by the offload); {_gib(ev.host_limit_bytes())} "
-                     f"of {_gib(ram)} is usable ({source}; give the real figure with --host-mem).")
+        lines.append(f"{h.label} would fit the GPU ({gib(h.memory.peak_bytes, 1)}) but needs {gib(need, 1)} of host "
+                     f"RAM per node ({gib(h.memory.host_bytes, 1)} pinned by the offload); {gib(ev.host_limit_bytes(), 1)} "
+                     f"of {gib(ram, 1)} is usable ({source}; give the real figure with --host-mem).")
         payload["host_bytes_needed"] = int(need)
         payload["host_bytes_available"] = ev.host_limit_bytes()
         payload["host_ram_source"] = source

@@ -24,7 +24,6 @@ from planner.search.space import Family, Space
 from planner.search.throughput import DEFAULT_EFFICIENCY, Efficiency, Throughput, estimate_throughput
 from planner.train_config import TrainConfig
 
-GIB = 1 << 30
 # Safety margin on the predicted peak: the memory model's error against measurements before a
 # calibration for the card exists (planner.hardware.calibration.MARGIN_NONE); --margin overrides it.
 DEFAULT_MARGIN = 0.05

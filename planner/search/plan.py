@@ -11,8 +11,7 @@ from planner.search.hparams import HParams
 from planner.search.objective import Candidate
 from planner.search.throughput import Throughput
 from planner.train_config import LLAMAFACTORY_NAMES, TrainConfig, to_llamafactory
-
-GIB = 1 << 30
+from planner.units import gib
 
 
 def epochs_text(n: float) -> str:
@@ -158,7 +157,7 @@ class Plan:
             for c in self.runners_up:
                 r.add_row(c.label, str(c.config.cutoff_len),
                           f"{c.config.per_device_train_batch_size} x {c.config.gradient_accumulation_steps}",
-                          f"{c.memory.peak_bytes / GIB:.1f} GiB",
+                          f"{gib(c.memory.peak_bytes, 1)}",
                           f"{c.tokens_per_s:,.0f}" if c.throughput else "-", c.why)
             console.print(r)
         tp = self.throughput
@@ -193,7 +192,7 @@ class Plan:
             t.add_column("GiB", justify="right")
             for name, value in comps.items():
                 if isinstance(value, (int, float)):
-                    t.add_row(str(name), f"{value / GIB:.2f}")
+                    t.add_row(str(name), f"{gib(value, unit=False)}")
             console.print(t)
-        console.print(f"[bold]Peak:[/] {mem.peak_bytes / GIB:.2f} GiB of {mem.budget_bytes / GIB:.2f} GiB "
-                      f"(limit {self.limit_bytes / GIB:.2f} GiB with {self.margin:.0%} margin)")
+        console.print(f"[bold]Peak:[/] {gib(mem.peak_bytes)} of {gib(mem.budget_bytes)} "
+                      f"(limit {gib(self.limit_bytes)} with {self.margin:.0%} margin)")

@@ -8,12 +8,7 @@ from typing import Any
 from planner.search.objective import QUANTIZED_MUST_BE_FASTER, Candidate, Evaluator
 from planner.search.space import Family, Space, config_for
 from planner.train_config import EIGHT_BIT_OPTIMIZERS
-
-GIB = 1 << 30
-
-
-def gib(n: float) -> str:
-    return f"{n / GIB:.1f} GiB"
+from planner.units import gib
 
 
 def _best_of(seen: list[Candidate], pred) -> Candidate | None:
@@ -63,8 +58,8 @@ def _compare(alt: Candidate | None, w: Candidate, name: str) -> str | None:
         return None
     if not alt.fits:
         need = "more than " if getattr(alt.memory, "lower_bound", False) else ""
-        return (f"{name} does not fit: {need}{gib(alt.memory.peak_bytes)} at best ({alt.label}, micro batch "
-                f"{alt.config.per_device_train_batch_size}) > {gib(alt.limit_bytes)} limit")
+        return (f"{name} does not fit: {need}{gib(alt.memory.peak_bytes, 1)} at best ({alt.label}, micro batch "
+                f"{alt.config.per_device_train_batch_size}) > {gib(alt.limit_bytes, 1)} limit")
     if _faster(alt, w):
         return (f"{name} fits too and is {speed_phrase(alt.tokens_per_s, w.tokens_per_s)}, but "
                 f"{_why_not_faster(alt, w)}")
@@ -102,9 +97,9 @@ def _lost(c: Candidate, w: Candidate) -> str:
         if not c.host_ok:
             return "does not fit: the offloaded state exceeds the host RAM"
         need = "more than " if getattr(c.memory, "lower_bound", False) else ""
-        return (f"does not fit: needs {need}{gib(c.memory.peak_bytes)} at micro batch "
+        return (f"does not fit: needs {need}{gib(c.memory.peak_bytes, 1)} at micro batch "
                 f"{c.config.per_device_train_batch_size}, cutoff {c.config.cutoff_len} "
-                f"> {gib(c.limit_bytes)} limit")
+                f"> {gib(c.limit_bytes, 1)} limit")
     why = speed_phrase(c.tokens_per_s, w.tokens_per_s)
     if _faster(c, w):
         why += f", but {_why_not_faster(c, w)}"
@@ -285,7 +280,7 @@ def explain(w: Candidate, seen: list[Candidate], ev: Evaluator, space: Space, da
         why = "as given"
     elif f.gradient_checkpointing:
         off = _flip(ev, space, w, gradient_checkpointing=False)
-        why = (f"without it the peak is {gib(off.memory.peak_bytes)} > {gib(limit)}" if not off.fits else
+        why = (f"without it the peak is {gib(off.memory.peak_bytes, 1)} > {gib(limit, 1)}" if not off.fits else
                "on: it lets a larger micro batch fit, which is faster overall")
     else:
         why = "off: everything fits without it, saving the recomputed forward (~25% of the compute)"
@@ -294,6 +289,6 @@ def explain(w: Candidate, seen: list[Candidate], ev: Evaluator, space: Space, da
     out.append(("optim", c.optim, "as given" if given("optim") else
                 "8-bit AdamW states (bitsandbytes): 2 B instead of 8 B per trainable parameter"
                 if c.optim in EIGHT_BIT_OPTIMIZERS else "fused AdamW: one kernel per step, no foreach temporaries"))
-    out.append(("margin", f"{ev.margin:.0%}", f"peak {gib(w.memory.peak_bytes)} <= {gib(limit)} "
-                f"= budget {gib(w.memory.budget_bytes)} x (1 - {ev.margin:g})"))
+    out.append(("margin", f"{ev.margin:.0%}", f"peak {gib(w.memory.peak_bytes, 1)} <= {gib(limit, 1)} "
+                f"= budget {gib(w.memory.budget_bytes, 1)} x (1 - {ev.margin:g})"))
     return out

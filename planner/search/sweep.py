@@ -13,8 +13,8 @@ from typing import Any
 from planner.errors import Infeasible, UserError
 from planner.hardware.gpu_spec import GpuSetup
 from planner.model.spec import ModelSpec
+from planner.units import gib
 
-GIB = 1 << 30
 # 24 GB consumer cards, 48 GB workstation, 40/80 GB A100, 80 GB H100, 141 GB H200.
 DEFAULT_CARDS = ("RTX-3090", "RTX-4090", "L40S-48G", "A100-SXM-40G", "A100-SXM-80G", "H100-SXM-80G", "H200-141G")
 DEFAULT_COUNTS = (1, 2, 4, 8)
@@ -67,7 +67,7 @@ class SweepTable:
             t.add_column(col, justify="right" if col in ("GPUs", "cutoff", "peak", "tokens/s", "time") else "left")
         last = None
         for r in self.rows:
-            card = "" if r.card == last else f"{r.card} ({r.memory_bytes / GIB:.0f} GiB)"
+            card = "" if r.card == last else f"{r.card} ({gib(r.memory_bytes, 0)})"
             last = r.card
             if not r.fits:
                 t.add_row(card, str(r.count), "[red]does not fit[/]", "", "", "", "", "", "", r.note, style="dim")
@@ -76,7 +76,7 @@ class SweepTable:
                 f"+{r.offload}" if r.offload != "none" else "")
             t.add_row(card, str(r.count), r.label.split(",")[0] if r.label else r.method, str(r.cutoff_len),
                       f"{r.micro_batch}x{r.grad_accum}", zero, "on" if r.gradient_checkpointing else "off",
-                      f"{r.peak_bytes / GIB:.1f}", f"{r.tokens_per_s:,.0f}",
+                      f"{gib(r.peak_bytes, 1, unit=False)}", f"{r.tokens_per_s:,.0f}",
                       duration(r.total_seconds) if r.total_seconds else "-")
         console.print(t)
 
@@ -106,9 +106,9 @@ def sweep(model: ModelSpec, data, *, cards: tuple[str, ...] = DEFAULT_CARDS,
                 closest = exc.payload.get("closest") or {}
                 note = ""
                 if closest.get("peak_bytes"):
-                    note = f"needs {closest['peak_bytes'] / GIB:.0f} GiB"
+                    note = f"needs {gib(closest['peak_bytes'], 0)}"
                     if not closest.get("host_ok", True):
-                        note += f" + {closest['host_bytes'] / GIB:.0f} GiB host RAM"
+                        note += f" + {gib(closest['host_bytes'], 0)} host RAM"
                 rows.append(SweepRow(entry.spec.name, entry.spec.memory_bytes, n, False, note=note))
                 continue
             c, tp = plan.config, plan.throughput
