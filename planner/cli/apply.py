@@ -19,8 +19,6 @@ from planner.errors import UserError
 from planner.exports.plan_file import PlanFile, parse_synthetic
 
 INITS = ("pretrained", "random")
-OPTION_NAMES = ("apply", "out", "max_steps", "init", "synthetic_data", "merge", "retry", "force", "epochs",
-                "node_rank", "master_addr", "master_port")
 
 
 def apply_options(f):

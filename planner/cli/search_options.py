@@ -15,8 +15,6 @@ from typing import Any
 
 import click
 
-OPTION_NAMES = ("target_batch", "margin", "check", "sweep", "packing", "group_by_length")
-
 
 def search_options(f):
     """Add the search options to a click command (help order as listed)."""

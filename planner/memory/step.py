@@ -6,7 +6,7 @@ per-layer net change is measured on a scratch tape), which is exact because a ph
 identical layers lies at one end of the run.
 
     >>> act = activation_model(spec, TrainConfig(), "cuda")
-    >>> act.forward_peak(tokens=2048, seq_len=2048)
+    >>> act.backward_layers  # peak candidates, evaluated per batch shape by planner.memory.estimate
 """
 
 from __future__ import annotations
@@ -43,18 +43,6 @@ class ActivationModel:
     saved_end_forward: Lin  # everything alive entering backward
     grads_end: Lin  # parameter gradients alive after backward
     backward_head_grads: Lin = ZERO  # part of backward_head that is parameter gradients (traced models)
-
-    @staticmethod
-    def _peak(cands: tuple[Lin, ...], tokens: int, seq_len: int) -> int:
-        ts = tokens * seq_len
-        return int(max(c.tok * tokens + c.tok_s * ts + c.const + c.seq * seq_len for c in cands)) if cands else 0
-
-    def forward_peak(self, tokens: int, seq_len: int) -> int:
-        return max(self._peak(self.forward_layers, tokens, seq_len), self._peak(self.forward_head, tokens, seq_len))
-
-    def backward_peak(self, tokens: int, seq_len: int) -> int:
-        return max(self._peak(self.backward_head, tokens, seq_len),
-                   self._peak(self.backward_layers, tokens, seq_len))
 
 
 def layer_roles(spec: ModelSpec, train: TrainConfig) -> tuple[LayerRole, ...]:

@@ -3,12 +3,13 @@
 The recipes (planner.memory.recipes) replay what transformers' modeling code and PyTorch autograd
 allocate and free, with reference counts as Python and autograd keep them: a tensor lives while a local
 variable or a saved-for-backward slot holds it. The peak of a phase is the largest running total, not a
-sum of parts. Recording happens once per configuration; `peak_at` evaluates it for a batch shape.
+sum of parts. Recording happens once per configuration; the candidate peaks (`pruned`) are evaluated for
+a batch shape by planner.memory.estimate.
 
     >>> tape = Tape()
     >>> s = tape.new("scores", Lin(tok_s=4.0)); tape.drop(s)
-    >>> tape.peak_at(tokens=1024, seq_len=1024)
-    4194304
+    >>> max(c.tok_s for c in tape.pruned())
+    4.0
 """
 
 from __future__ import annotations
@@ -82,7 +83,3 @@ class Tape:
     def reset_candidates(self) -> None:
         """Start a new phase: only the current total is a candidate."""
         self.candidates = [self.cur]
-
-    def peak_at(self, tokens: int, seq_len: int) -> int:
-        ts = tokens * seq_len
-        return int(max(c.tok * tokens + c.tok_s * ts + c.const + c.seq * seq_len for c in self.candidates))

@@ -36,10 +36,6 @@ class TrainableState:
     optimizer_state_bytes: int
     optimizer_temp_bytes: int  # peak extra during optimizer.step()
 
-    @property
-    def largest_tensor(self) -> int:
-        return max(self.tensors, default=0)
-
 
 def _lora_tensors(spec: ModelSpec, train: TrainConfig) -> list[tuple[int, int]]:
     """(numel, count) of the adapter tensors: lora_A [r, in], lora_B [out, r], DoRA magnitude [out]."""

@@ -92,10 +92,6 @@ class Plan:
         c = self.config
         return c.per_device_train_batch_size * c.gradient_accumulation_steps * self.setup.world_size
 
-    @property
-    def why_lines(self) -> list[str]:
-        return [f"{k} = {v}: {why}" for k, v, why in self.reasons]
-
     def to_json(self) -> dict[str, Any]:
         tp = self.throughput
         config = {"method": self.config.method, "trainer": self.config.trainer,
@@ -172,27 +168,6 @@ class Plan:
                       "prediction with the margin above.[/]")
 
     def _render_memory(self, console) -> None:
-        mem = self.memory
-        try:
-            from planner.memory import render_memory  # the memory module's renderer
+        from planner.memory import render_memory
 
-            render_memory(mem, console)
-            return
-        except ImportError:
-            pass
-        if hasattr(mem, "render"):
-            mem.render(console)
-            return
-        comps = getattr(mem, "components", None)
-        if isinstance(comps, dict) and comps:
-            from rich.table import Table
-
-            t = Table(title="Memory per GPU (predicted)", title_justify="left")
-            t.add_column("component")
-            t.add_column("GiB", justify="right")
-            for name, value in comps.items():
-                if isinstance(value, (int, float)):
-                    t.add_row(str(name), f"{gib(value, unit=False)}")
-            console.print(t)
-        console.print(f"[bold]Peak:[/] {gib(mem.peak_bytes)} of {gib(mem.budget_bytes)} "
-                      f"(limit {gib(self.limit_bytes)} with {self.margin:.0%} margin)")
+        render_memory(self.memory, console)
