@@ -43,3 +43,9 @@ class GpuSetup:
     @property
     def world_size(self) -> int:
         return self.count * self.nodes
+
+    @property
+    def budget_bytes(self) -> int:
+        """What one card may hold for the plan: the free memory NVML reports on this machine's cards (other
+        processes may hold the rest), else the card's total."""
+        return self.free_bytes if (self.detected and self.free_bytes) else self.gpu.memory_bytes

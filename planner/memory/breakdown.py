@@ -23,6 +23,12 @@ def gpu_limit_bytes(budget_bytes: int, margin: float) -> int:
     return int(budget_bytes * (1.0 - margin))
 
 
+def peak_fits(memory, margin: float) -> bool:
+    """The device verdict, the same for the memory model, the search and `--check`: the predicted peak of
+    `memory` (anything with peak_bytes and budget_bytes) within the budget less the margin."""
+    return memory.peak_bytes <= gpu_limit_bytes(memory.budget_bytes, margin)
+
+
 @dataclass(frozen=True)
 class MemoryBreakdown:
     components: dict[str, int]  # bytes at the peak phase, device overheads included; sums to peak_bytes
@@ -82,7 +88,7 @@ class MemoryBreakdown:
     def fits(self) -> bool:
         """Every budget holds: device peak within the margin, and host RAM. The one verdict the search,
         the table, the JSON and the exit status use."""
-        return self.peak_bytes <= self.limit_bytes and self.host_fits
+        return peak_fits(self, self.margin) and self.host_fits
 
     def shortfalls(self) -> list[str]:
         """Why it does not fit, one line per budget that fails (empty when it fits); amounts are positive."""

@@ -122,14 +122,13 @@ def _static(model: ModelSpec, train: TrainConfig, setup: GpuSetup) -> _Static:
     if model.is_moe and model.generic is None:
         notes.append("MoE: expert activations approximated as one gated MLP of top-k x expert size (not "
                      "checked against the oracles)")
-    budget = setup.free_bytes if (setup.detected and setup.free_bytes) else setup.gpu.memory_bytes
     st = _Static(
         ms=ms, act=act,
         base={"weights": weights, "quant_constants": ms.quant_constants_bytes, "adapter": ms.adapter_bytes},
         states={"master_weights": ms.master_weights_bytes, "optimizer_states": ms.optimizer_state_bytes,
                 "buffers": ms.buffer_bytes},
         resident_grads=ms.gradient_bytes if accumulating else 0, notes=tuple(notes), device=device,
-        budget=int(budget), host_budget=host_budget_bytes(setup), host_process=process_host_bytes(setup),
+        budget=int(setup.budget_bytes), host_budget=host_budget_bytes(setup), host_process=process_host_bytes(setup),
         host_source="" if setup.gpu.is_cpu else host_ram_for(setup)[1])
     if len(_STATIC) >= _STATIC_MAX:
         _STATIC.clear()

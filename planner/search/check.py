@@ -20,7 +20,7 @@ import yaml
 
 from planner.errors import Infeasible, UserError
 from planner.hardware.gpu_spec import GpuSetup
-from planner.memory.breakdown import gpu_limit_bytes
+from planner.memory.breakdown import gpu_limit_bytes, peak_fits
 from planner.model.spec import ModelSpec
 from planner.train_config import (
     AXOLOTL_NAMES,
@@ -70,7 +70,7 @@ class CheckResult:
         console.print(f"[bold]{self.path}[/] ({self.flavor}): {self.model.name}, {self.config.method}, cutoff "
                       f"{self.config.cutoff_len}, micro batch {self.config.per_device_train_batch_size} on "
                       f"{s.count} x {s.gpu.name}: {verdict} (peak {gib(self.memory.peak_bytes, 1)}, limit "
-                      f"{gib(self.limit_bytes, 1)} = {gib(s.gpu.memory_bytes, 1)} - {self.margin:.0%})")
+                      f"{gib(self.limit_bytes, 1)} = {gib(self.memory.budget_bytes, 1)} - {self.margin:.0%})")
         for line in (self.memory.shortfalls() if hasattr(self.memory, "shortfalls") else []):
             console.print(f"[red]Does not fit[/] ({line}).")
         for w in self.warnings:
@@ -284,7 +284,7 @@ def check_config(path: str | Path, setup: GpuSetup, *, margin: float | None = No
     if hasattr(mem, "margin"):
         mem = replace(mem, margin=margin)
     limit = gpu_limit_bytes(mem.budget_bytes, margin)
-    fits = mem.peak_bytes <= limit and getattr(mem, "host_fits", True)
+    fits = peak_fits(mem, margin) and getattr(mem, "host_fits", True)
     pinned = {k: getattr(train, k) for k in ("finetuning_type", "quantization_bit", "lora_rank", "lora_alpha",
                                               "lora_target", "cutoff_len", "dtype", "amp")}
     changes, suggestion = [], ""

@@ -17,7 +17,7 @@ from typing import Any
 
 from planner.hardware.gpu_spec import GpuSetup
 from planner.hardware.host_memory import host_budget_bytes, host_need_bytes
-from planner.memory.breakdown import gpu_limit_bytes
+from planner.memory.breakdown import gpu_limit_bytes, peak_fits
 from planner.model.spec import ModelSpec
 from planner.search.lengths import LengthProfile
 from planner.search.space import Family, Space
@@ -71,8 +71,7 @@ def states_lower_bound(spec: ModelSpec, config: TrainConfig, setup: GpuSetup) ->
     parts = {"weights": ms.weights_bytes, "adapter": ms.adapter_bytes, "master_weights": ms.master_weights_bytes,
              "optimizer_states": ms.optimizer_state_bytes, "gradients": ms.gradient_bytes,
              "buffers": ms.buffer_bytes}
-    budget = setup.free_bytes if (setup.detected and setup.free_bytes) else setup.gpu.memory_bytes
-    return StatesOnly(int(sum(parts.values())), int(budget), int(ms.host_bytes), {k: v for k, v in parts.items() if v})
+    return StatesOnly(int(sum(parts.values())), int(setup.budget_bytes), int(ms.host_bytes), {k: v for k, v in parts.items() if v})
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ class Evaluator:
         if hit is None:
             if self.prescreen:
                 low = states_lower_bound(self.spec, config, self.setup)
-                if low is not None and low.peak_bytes > self.limit(low):
+                if low is not None and not peak_fits(low, self.margin):
                     self._memory[config] = low
                     return low
             self.memory_calls += 1
@@ -177,7 +176,7 @@ class Evaluator:
 
     def fits(self, config: TrainConfig) -> bool:
         mem = self.memory(config)
-        return mem.peak_bytes <= self.limit(mem) and self.host_ok(config, mem)
+        return peak_fits(mem, self.margin) and self.host_ok(config, mem)
 
     def throughput(self, config: TrainConfig) -> Throughput:
         hit = self._speed.get(config)
@@ -191,7 +190,7 @@ class Evaluator:
     def candidate(self, family: Family, config: TrainConfig, *, timed: bool | None = None) -> Candidate:
         mem = self.memory(config)
         host = self.host_ok(config, mem)
-        fits = mem.peak_bytes <= self.limit(mem) and host
+        fits = peak_fits(mem, self.margin) and host
         speed = self.throughput(config) if (fits if timed is None else timed) else None
         return Candidate(family, config, mem, self.limit(mem), fits, speed, host_ok=host)
 

@@ -176,3 +176,18 @@ def test_llamafactory_names_read_back(config, tmp_path):
     _, back, _ = parse_llamafactory(_Reader(tmp_path / "train.yaml", doc, {}))
     for name in LLAMAFACTORY_NAMES:
         assert getattr(back, name) == getattr(config, name), name
+
+
+def test_one_budget_for_the_estimate_and_the_search_bound():
+    """The memory model and the search's lower bound read the same budget: free memory when detected."""
+    from dataclasses import replace
+
+    from planner.memory import estimate_memory
+    from planner.search.objective import states_lower_bound
+
+    spec = find_model("Qwen2.5-0.5B").spec
+    card = GpuSetup(GpuSpec("H100", 80 << 30, compute_capability="9.0"))
+    for setup, want in ((card, 80 << 30), (replace(card, detected=True, free_bytes=30 << 30), 30 << 30)):
+        assert setup.budget_bytes == want
+        assert estimate_memory(spec, TrainConfig(cutoff_len=512), setup).budget_bytes == want
+        assert states_lower_bound(spec, TrainConfig(cutoff_len=512), setup).budget_bytes == want

@@ -146,3 +146,18 @@ def test_axolotl_config(tmp_path, estimator):
     assert (c.method, c.quantization_bit, c.lora_rank, c.cutoff_len, c.per_device_train_batch_size) == \
         ("qlora", 4, 32, 4096, 2)
     assert c.attn_implementation == "flash_attention_2" and c.optim == "paged_adamw_8bit"
+
+
+def test_limit_is_shown_from_the_free_memory_it_was_computed_on(tmp_path, estimator):
+    """On a detected card the budget is its free memory (GpuSetup.budget_bytes): the line says so."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    path = _write(tmp_path, LF_YAML.format(cutoff=1024, batch=1))
+    busy = replace(setup("H100"), detected=True, free_bytes=40 << 30)
+    result = check_config(path, busy, estimator=estimator)
+    assert result.memory.budget_bytes == 40 << 30 and result.limit_bytes == int((40 << 30) * 0.95)
+    buf = io.StringIO()
+    result.render(Console(file=buf, width=1000))
+    assert "limit 38.0 GiB = 40.0 GiB - 5%" in buf.getvalue(), buf.getvalue()
