@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from planner.hardware.gpu_spec import GpuSetup
+from planner.model.liger import liger_patch_name
 from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
 
@@ -34,7 +35,7 @@ def _liger_supported(spec: ModelSpec) -> bool:
         import liger_kernel.transformers as liger
     except ImportError:
         return False
-    return hasattr(liger, f"apply_liger_kernel_to_{spec.multimodal or spec.arch.counted_as or spec.model_type}")
+    return hasattr(liger, liger_patch_name(spec))
 
 
 def candidates(spec: ModelSpec, train: TrainConfig, *, device: str) -> list[tuple[str, TrainConfig]]:

@@ -18,13 +18,9 @@ from typing import Any
 
 from planner.errors import UserError
 from planner.hardware.gpu_spec import GpuSetup
+from planner.model.liger import liger_supports
 from planner.model.spec import ModelSpec
 from planner.train_config import EIGHT_BIT_OPTIMIZERS, METHODS, OFFLOAD, OPTIMIZERS, TrainConfig, conflicts
-
-# Liger Kernel patches these transformers model types (liger_kernel/transformers/monkey_patch.py,
-# MODEL_TYPE_TO_APPLY_LIGER_FN, v0.8); remote-code families (baichuan, internlm2) are not among them.
-LIGER_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma2",
-                               "glm4", "phi3"})
 
 # Default effective batch (samples per optimizer step). LoRA/QLoRA: QLoRA (Dettmers et al. 2023,
 # App. B.2) trains 7B-13B with batch 16; LLaMA-Factory's examples use 8 per GPU (1 x GA 8); the seed
@@ -103,7 +99,7 @@ def liger_choice(spec: ModelSpec, setup: GpuSetup, pinned: dict[str, Any]) -> tu
         return bool(pinned["use_liger_kernel"]), "as given"
     if setup.gpu.is_cpu or setup.gpu.vendor not in ("nvidia", "generic"):
         return False, "Liger Kernel needs Triton on an NVIDIA GPU"
-    if spec.model_type not in LIGER_MODEL_TYPES:
+    if not liger_supports(spec):
         return False, f"Liger Kernel has no patch for {spec.model_type}"
     installed = _liger_installed()
     if installed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,23 @@ def test_one_budget_for_the_estimate_and_the_search_bound():
         assert setup.budget_bytes == want
         assert estimate_memory(spec, TrainConfig(cutoff_len=512), setup).budget_bytes == want
         assert states_lower_bound(spec, TrainConfig(cutoff_len=512), setup).budget_bytes == want
+
+
+def test_liger_patch_names_exist_for_every_supported_type():
+    """Every type the planner counts Liger for has the patch the runner applies (read from liger-kernel's
+    source when it is installed: importing it loads Triton, seconds)."""
+    import importlib.util
+
+    from planner.model.catalog import load_models
+    from planner.model.liger import LIGER_MODEL_TYPES, liger_patch_name, liger_supports
+
+    found = importlib.util.find_spec("liger_kernel")
+    if found is None or not found.submodule_search_locations:
+        pytest.skip("liger-kernel is not installed")
+    source = (Path(found.submodule_search_locations[0]) / "transformers" / "monkey_patch.py").read_text()
+    seen = set()
+    for entry in load_models():
+        if liger_supports(entry.spec):
+            seen.add(entry.spec.model_type)
+            assert f"def {liger_patch_name(entry.spec)}(" in source, entry.spec.name
+    assert seen and seen <= LIGER_MODEL_TYPES
