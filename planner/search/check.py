@@ -24,6 +24,7 @@ from planner.memory.breakdown import gpu_limit_bytes, peak_fits
 from planner.model.spec import ModelSpec
 from planner.train_config import (
     AXOLOTL_NAMES,
+    EIGHT_BIT_OPTIMIZERS,
     LLAMAFACTORY_NAMES,
     TrainConfig,
     from_llamafactory,
@@ -237,7 +238,7 @@ def _changes(flavor: str, old: TrainConfig, new: TrainConfig) -> list[tuple[str,
         a, b = getattr(old, key), getattr(new, key)
         if a == b:
             continue
-        if key == "optim" and not ("8bit" in str(b) or "8bit" in str(a)):
+        if key == "optim" and not {a, b} & set(EIGHT_BIT_OPTIMIZERS):
             continue  # fused vs foreach AdamW does not decide fit
         if key == "gradient_checkpointing" and flavor == "llamafactory":
             a, b = to_llamafactory(old, key), to_llamafactory(new, key)
