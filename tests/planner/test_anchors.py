@@ -7,9 +7,7 @@ import pytest
 from planner.memory import anchors
 from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
-
-GIB = 1 << 30
-MIB = 1 << 20
+from planner.units import GIB, MIB
 
 LLAMA2_7B = ModelSpec.from_config({
     "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,

@@ -29,8 +29,8 @@ from planner.hardware.calibration_fit import (
     point_from_record,
 )
 from planner.hardware.gpu_spec import GpuSpec
+from planner.units import GIB, MIB
 
-MIB, GIB = 1 << 20, 1 << 30
 TRUE = DeviceOverheads(cuda_context_bytes=520 * MIB, cublas_workspace_bytes=32 * MIB,
                        kernel_temp_bytes_per_token_hidden=6.0, allocator_slack_ratio=0.04,
                        allocator_slack_bytes=150 * MIB)

@@ -11,9 +11,9 @@ import pytest
 from planner.hardware.calibration import CalibrationFile
 from planner.hardware.calibration_use import MARGIN_MIN, choose_calibration, evidence_margin, run_stack
 from planner.hardware.gpus import parse_gpu
+from planner.units import GIB
 from tests.planner.test_cli import run
 
-GIB = 1 << 30
 FIXED = ("--model", "Qwen2.5-7B", "--gpu", "RTX4090", "--fixed", "--cutoff", "1024", "--format", "json")
 
 

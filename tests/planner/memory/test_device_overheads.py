@@ -20,8 +20,6 @@ from planner.model.resolve import resolve_model
 from planner.train_config import TrainConfig
 from tests.planner.test_cli import run
 
-GIB = 1 << 30
-
 
 def test_allocated_reserved_device_are_layered_and_in_the_json():
     mb = estimate_memory(resolve_model("Qwen2.5-7B"), TrainConfig(cutoff_len=2048), resolve_setup("RTX4090"))

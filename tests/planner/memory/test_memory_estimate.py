@@ -16,8 +16,8 @@ from planner.memory.weights import nf4_bytes, weight_bytes
 from planner.model.catalog import find_model
 from planner.model.params import count_params, linear_layers
 from planner.train_config import TrainConfig
+from planner.units import GIB
 
-GIB = 1 << 30
 H100 = GpuSetup(GpuSpec("H100", 80 * GIB, compute_capability="9.0"))
 CPU = GpuSetup(GpuSpec("cpu", 64 * GIB, vendor="cpu"))
 

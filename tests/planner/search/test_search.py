@@ -13,8 +13,7 @@ from planner.errors import Infeasible, UserError
 from planner.hardware.gpu_spec import GpuSetup, GpuSpec
 from planner.search import search
 from planner.search.objective import score
-
-GIB = 1 << 30
+from planner.units import GIB
 
 PIN_CASES = [
     ("Qwen2.5-7B", ("RTX4090", 1), {"quantization_bit": 4}),
