@@ -96,7 +96,8 @@ def _layer_net(S: Shape, role: LayerRole, gc: bool) -> tuple[Lin, Lin, Lin]:
 
 def activation_model(spec: ModelSpec, train: TrainConfig, device: str, *, grad_scale: float = 1.0,
                      grads_resident: bool = False) -> ActivationModel:
-    """Replay one step of `train` on `spec` (batch-shape independent; evaluate with the methods).
+    """Replay one step of `train` on `spec` (batch-shape independent: planner.memory.estimate evaluates its
+    candidates per batch shape).
 
     grad_scale: the fraction of each parameter gradient this rank keeps (ZeRO-2/3); grads_resident:
     gradients exist before backward (gradient accumulation)."""
