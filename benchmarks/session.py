@@ -12,9 +12,9 @@ reserves its whole budget. Each process reports its own device memory from NVML'
 so neighbours do not leak into its figures; the isolation case is measured alone and again beside
 others to show it.
 
-    python benchmarks/session.py --device cuda --deadline-s 470 --out-dir $OUT          # the GPU call
-    python benchmarks/session.py --device cpu --smoke --card-gib 2 --out-dir /tmp/s     # the same on the CPU
-    python benchmarks/session.py --analyse $OUT/rows.jsonl                              # reports, here
+    python -m benchmarks.session --device cuda --deadline-s 470 --out-dir $OUT          # the GPU call
+    python -m benchmarks.session --device cpu --smoke --card-gib 2 --out-dir /tmp/s     # the same on the CPU
+    python -m benchmarks.session --analyse $OUT/rows.jsonl                              # reports, here
 
 Writes rows.jsonl (one harness result per line, with a `session` object: start/end seconds,
 reservation, neighbours) and session.json (card, stack, the schedule: every start with the reserved
@@ -37,11 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.matrix import (  # noqa: E402
+from benchmarks.matrix import (
     ACCURACY,
     CALIBRATION,
     ISOLATION,
@@ -51,6 +47,8 @@ from benchmarks.matrix import (  # noqa: E402
     Case,
     case,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GIB = 1 << 30
 FILL = 0.85  # never reserve more than this share of the card for running cases together
@@ -283,9 +281,9 @@ def case_job(c: Case, out_dir: Path, *, device: str, timeout_s: float, env: dict
     return run
 
 
-def script_job(script: str, name: str, out_dir: Path, *, device: str, env: dict[str, str]
+def script_job(module: str, name: str, out_dir: Path, *, device: str, env: dict[str, str]
                ) -> Callable[[float], dict[str, Any]]:
-    """A benchmarks/<script> that writes one result with --out (the MoE question)."""
+    """A benchmark module (run as `python -m module`) that writes one result with --out (the questions)."""
     import subprocess
 
     def run(left_s: float) -> dict[str, Any]:
@@ -294,7 +292,7 @@ def script_job(script: str, name: str, out_dir: Path, *, device: str, env: dict[
         child = {**os.environ, **env,
                  "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         try:
-            proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--out", str(out),
+            proc = subprocess.run([sys.executable, "-m", module, "--out", str(out),
                                    "--device", device], env=child, capture_output=True, text=True,
                                   timeout=min(120.0, left_s))
             tail = (proc.stderr or "")[-1500:]
@@ -352,7 +350,7 @@ L8_NAME = "Llama-3.1-8B"
 def plan_followup(sched: Scheduler, out_dir: Path, *, device: str, timeout_s: float, env: dict[str, str]) -> None:
     raw = out_dir / "raw"
     sched.submit("q-sdpa-kernels-fp32-gqa", 40 * GIB,
-                 script_job("question_sdpa.py", "q-sdpa-kernels-fp32-gqa", raw / "questions", device=device, env=env),
+                 script_job("benchmarks.question_sdpa", "q-sdpa-kernels-fp32-gqa", raw / "questions", device=device, env=env),
                  priority=0)
     for c, folder, priority in followup_cases():
         reserve = reserve_for(c, device=device)
@@ -382,7 +380,7 @@ def plan_session(sched: Scheduler, out_dir: Path, *, device: str, smoke: bool, t
                      case_job(c, raw / folder, device=device, timeout_s=timeout_s, env=env), priority=10 + i)
         if not smoke and i == len(QUESTIONS) + 6:
             sched.submit("q-moe-4bit-fused-experts", 4 * GIB,
-                         script_job("question_moe_4bit.py", "q-moe-4bit-fused-experts", raw / "questions",
+                         script_job("benchmarks.question_moe_4bit", "q-moe-4bit-fused-experts", raw / "questions",
                                     device=device, env=env), priority=10 + i + 0.5)
 
 
