@@ -188,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-report", action="store_true", help="measure only")
     ap.add_argument("--report-only", action="store_true", help="report on results already in --out-dir")
     args = ap.parse_args(argv)
-    from benchmarks.harness import _default_device
+    from benchmarks.harness import default_device
 
-    device = args.device or _default_device()
+    device = args.device or default_device()
     set_name = "smoke-accuracy" if args.smoke else "accuracy"
     cases = select(SETS[set_name], models=args.models, names=args.names)
     out_dir = args.out_dir or ROOT / "out" / "benchmarks" / f"{set_name}-{device}"

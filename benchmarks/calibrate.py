@@ -92,9 +92,9 @@ def print_matrix(cases: list[Case], predictor: str) -> None:
 
 
 def default_device() -> str:
-    from benchmarks.harness import _default_device
+    from benchmarks.harness import default_device
 
-    return _default_device()
+    return default_device()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

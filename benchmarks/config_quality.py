@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path)
     ap.add_argument("--timeout-s", type=float, default=240.0)
     args = ap.parse_args(argv)
-    from benchmarks.harness import _default_device
+    from benchmarks.harness import default_device
 
-    device = args.device or _default_device()
+    device = args.device or default_device()
     cases = [c for c in (SMOKE_CASES if args.smoke else CASES) if not args.cases or c.name in args.cases]
     out_dir = args.out_dir or ROOT / "out" / "benchmarks" / f"quality-{device}"
     results = [evaluate(qc, out_dir, device=device, timeout_s=args.timeout_s) for qc in cases]

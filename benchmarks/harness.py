@@ -94,7 +94,7 @@ def _text(data: Any) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
 
-def _default_device() -> str:
+def default_device() -> str:
     try:
         import torch
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     text = Path(args.config[1:]).read_text() if args.config.startswith("@") else args.config
     case = Case.from_json(json.loads(text))
-    device = args.device or _default_device()
+    device = args.device or default_device()
     # Imported here: the parent side (run_case) never needs torch.
     from benchmarks.measure_case import measure
 

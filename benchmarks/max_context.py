@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="use cached probes only (no new measurement)")
     args = ap.parse_args(argv)
-    from benchmarks.harness import _default_device
+    from benchmarks.harness import default_device
 
-    device = args.device or _default_device()
+    device = args.device or default_device()
     budgets = SMOKE_BUDGETS if args.smoke else BUDGETS
     labels = args.budgets or list(budgets)
     out_dir = args.out_dir or ROOT / "out" / "benchmarks" / f"max-context-{device}"

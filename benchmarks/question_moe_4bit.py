@@ -97,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from benchmarks.measure_case import stack_info
+    from runner.report import measurement_stack
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     res: dict[str, Any] = {"config": {"name": NAME, "model": "mixtral+qwen3_moe (small)", "group": "questions"},
-                           "device": device, "status": "error", "stack": stack_info(torch),
+                           "device": device, "status": "error", "stack": measurement_stack(torch),
                            "gpu": {"name": torch.cuda.get_device_name(0)} if device == "cuda" else {"name": "cpu"}}
     try:
         res["answer"] = {t: answer_for(t, device) for t in SHAPES}

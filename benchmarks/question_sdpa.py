@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.nn.attention import SDPBackend
 
-    from benchmarks.measure_case import stack_info
+    from runner.report import measurement_stack
 
     started = time.perf_counter()
     res: dict[str, Any] = {"config": {"name": NAME, "group": "questions", "model": "sdpa"}, "device": "cuda",
-                           "status": "error", "stack": stack_info(torch)}
+                           "status": "error", "stack": measurement_stack(torch)}
     if not torch.cuda.is_available():
         res["error"] = "needs CUDA"
     else:

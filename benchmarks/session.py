@@ -448,17 +448,12 @@ def card_bytes_now(device: str, card_gib: float | None) -> tuple[int, dict[str, 
     """The card's memory without initializing CUDA in this (parent) process: NVML, else --card-gib."""
     if card_gib:
         return int(card_gib * GIB), {"name": f"{device} (given {card_gib} GiB)"}
-    from benchmarks.measure_case import nvml_handle
+    from runner.nvml import first_visible_card  # torch-free: no CUDA context in the parent
 
-    handle = nvml_handle()
-    if handle is None:
+    card = first_visible_card()
+    if card is None:
         raise SystemExit("no NVML device: pass --card-gib to run the scheduler on the CPU")
-    import pynvml
-
-    name = pynvml.nvmlDeviceGetName(handle)
-    total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-    return total, {"name": name.decode() if isinstance(name, bytes) else name, "memory_bytes": total,
-                   "driver": pynvml.nvmlSystemGetDriverVersion()}
+    return card["memory_bytes"], card
 
 
 def run_session(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from benchmarks.measure_case import CudaPhases
 
 
@@ -39,3 +41,36 @@ def test_phase_peaks_are_kept_per_step_and_phase():
     assert "ready" not in s["phases"] and s["phases"]["between_steps"] == 20
     assert s["phases_reserved"]["backward"] == 120
     assert [row["step"] for row in s["steps"]] == [1, 2] and s["steps"][0]["forward"] == 70
+
+
+def test_device_peaks_come_from_the_nvml_sampler():
+    """_fill_peaks reads runner.nvml's sampler: this process's usage when the driver lists it, else the card's
+    usage over its baseline; per phase either way."""
+    from benchmarks.measure_case import _fill_peaks
+
+    summary = {"phases": {"load": 10, "forward": 40, "backward": 50, "optimizer": 30},
+               "phases_reserved": {"load": 12, "forward": 60, "backward": 64, "optimizer": 64}}
+    listed = SimpleNamespace(baseline_used_bytes=100, max_process_bytes=90, process_by_phase={"backward": 90},
+                             max_used_bytes=300, used_by_phase={"backward": 300})
+    res = {"phases": {}}
+    _fill_peaks(res, summary, listed, cuda=True)
+    assert res["peak"] == {"phase": "backward", "allocated_bytes": 50, "reserved_bytes": 64, "device_bytes": 90,
+                           "device_source": "process", "device_total_delta_bytes": 200}
+    assert res["phases"]["backward"] == {"allocated_bytes": 50, "reserved_bytes": 64, "device_bytes": 90}
+    unlisted = SimpleNamespace(baseline_used_bytes=100, max_process_bytes=None, process_by_phase={},
+                               max_used_bytes=300, used_by_phase={"backward": 300, "forward": 250})
+    res = {"phases": {}}
+    _fill_peaks(res, summary, unlisted, cuda=True)
+    assert (res["peak"]["device_bytes"], res["peak"]["device_source"]) == (200, "device")
+    assert res["phases"]["forward"]["device_bytes"] == 150
+
+
+def test_stack_record_keeps_its_keys():
+    """The stack the measurements (and the calibration files fitted from them) record."""
+    torch = pytest.importorskip("torch")
+    from runner.report import measurement_stack
+
+    keys = list(measurement_stack(torch))
+    expected = ["torch", "cuda", "python", "transformers", "peft", "accelerate", "bitsandbytes", "deepspeed",
+                "liger_kernel", "PYTORCH_CUDA_ALLOC_CONF"]
+    assert [k for k in keys if k != "cudnn"] == expected
