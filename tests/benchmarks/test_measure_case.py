@@ -74,3 +74,20 @@ def test_stack_record_keeps_its_keys():
     expected = ["torch", "cuda", "python", "transformers", "peft", "accelerate", "bitsandbytes", "deepspeed",
                 "liger_kernel", "PYTORCH_CUDA_ALLOC_CONF"]
     assert [k for k in keys if k != "cudnn"] == expected
+
+
+def test_context_and_card_come_from_the_nvml_sampler():
+    from benchmarks.measure_case import context_bytes, gpu_info
+
+    props = SimpleNamespace(name="torch name", total_memory=80, major=9, minor=0)
+    torch = SimpleNamespace(cuda=SimpleNamespace(memory_reserved=lambda: 30, get_device_properties=lambda i: props))
+    listed = SimpleNamespace(process_bytes=lambda: 100, used_bytes=lambda: 500, baseline_used_bytes=200, bound=True,
+                             info={"name": "NVML name", "memory_bytes": 81, "driver": "600.1"})
+    assert context_bytes(torch, listed) == 70  # this process's usage - the allocator's
+    unlisted = SimpleNamespace(process_bytes=lambda: None, used_bytes=lambda: 500, baseline_used_bytes=200)
+    assert context_bytes(torch, unlisted) == 270  # the card's usage over its baseline - the allocator's
+    assert gpu_info(torch, listed) == {"name": "NVML name", "memory_bytes": 81, "compute_capability": "9.0",
+                                       "vendor": "nvidia", "driver": "600.1"}
+    unbound = SimpleNamespace(bound=False, info={"nvml": "unavailable (NVMLError)"})
+    assert gpu_info(torch, unbound) == {"name": "torch name", "memory_bytes": 80, "compute_capability": "9.0",
+                                        "vendor": "nvidia"}
