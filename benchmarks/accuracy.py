@@ -1,10 +1,10 @@
 """Held-out accuracy: predicted vs measured peak device memory on configurations never used for fitting,
 with the published rules of thumb (planner.memory.anchors) side by side.
 
-    python benchmarks/accuracy.py                               # measure the accuracy set (CUDA) + report
-    python benchmarks/accuracy.py --no-report --out-dir $OUT/acc  # measure only (analyse elsewhere)
-    python benchmarks/accuracy.py --report-only --out-dir DIR   # report on measurements made earlier
-    python benchmarks/accuracy.py --device cpu --smoke          # the CPU code path on tiny models (CI)
+    python -m benchmarks.accuracy                               # measure the accuracy set (CUDA) + report
+    python -m benchmarks.accuracy --no-report --out-dir $OUT/acc  # measure only (analyse elsewhere)
+    python -m benchmarks.accuracy --report-only --out-dir DIR   # report on measurements made earlier
+    python -m benchmarks.accuracy --device cpu --smoke          # the CPU code path on tiny models (CI)
 
 Writes benchmarks/results/accuracy-<gpu>.json (a `configs` list: gpu, name, predicted_peak_bytes,
 measured_peak_bytes, each anchor's prediction, ...), accuracy-<gpu>.md and accuracy-<gpu>.png.
@@ -23,14 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.harness import run_cases  # noqa: E402
-from benchmarks.matrix import SETS, Case, select  # noqa: E402
-from benchmarks.predict import PREDICTORS, predict_tensors  # noqa: E402
-from benchmarks.report import (  # noqa: E402
+from benchmarks.harness import run_cases
+from benchmarks.matrix import SETS, Case, select
+from benchmarks.predict import PREDICTORS, predict_tensors
+from benchmarks.report import (
     error_stats,
     fmt_abs_pct,
     fmt_gib,
@@ -40,9 +36,11 @@ from benchmarks.report import (  # noqa: E402
     rel_error,
     scatter_png,
 )
-from planner.hardware.calibration import CalibrationFile, DeviceOverheads, select_calibration  # noqa: E402
-from planner.hardware.gpu_spec import GpuSpec  # noqa: E402
-from planner.memory.anchors import ANCHORS, anchors_for  # noqa: E402
+from planner.hardware.calibration import CalibrationFile, DeviceOverheads, select_calibration
+from planner.hardware.gpu_spec import GpuSpec
+from planner.memory.anchors import ANCHORS, anchors_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GOALS = {"median_abs_error": 0.03, "max_abs_error": 0.07, "under_beyond_3pct": 0, "min_configs": 20}
 
@@ -190,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-report", action="store_true", help="measure only")
     ap.add_argument("--report-only", action="store_true", help="report on results already in --out-dir")
     args = ap.parse_args(argv)
-    from benchmarks.harness import _default_device
+    from benchmarks.harness import default_device
 
-    device = args.device or _default_device()
+    device = args.device or default_device()
     set_name = "smoke-accuracy" if args.smoke else "accuracy"
     cases = select(SETS[set_name], models=args.models, names=args.names)
     out_dir = args.out_dir or ROOT / "out" / "benchmarks" / f"{set_name}-{device}"

@@ -1,10 +1,10 @@
 """Measure the calibration matrix on this card and fit its device constants.
 
-    python benchmarks/calibrate.py --dry-run                    # list the matrix
-    python benchmarks/calibrate.py                              # measure (CUDA), fit, write the profile
-    python benchmarks/calibrate.py --no-fit --out-dir $OUT/cal  # measure only (analyse elsewhere)
-    python benchmarks/calibrate.py --fit-only --out-dir DIR     # fit measurements made earlier
-    python benchmarks/calibrate.py --device cpu --models tiny   # the CPU code path (CI)
+    python -m benchmarks.calibrate --dry-run                    # list the matrix
+    python -m benchmarks.calibrate                              # measure (CUDA), fit, write the profile
+    python -m benchmarks.calibrate --no-fit --out-dir $OUT/cal  # measure only (analyse elsewhere)
+    python -m benchmarks.calibrate --fit-only --out-dir DIR     # fit measurements made earlier
+    python -m benchmarks.calibrate --device cpu --models tiny   # the CPU code path (CI)
 
 Each case runs in its own subprocess (benchmarks/harness.py), with a per-case timeout; results are
 kept per case, so a stopped run continues where it stopped. The fit (planner.hardware.calibration_fit) sets
@@ -23,16 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.harness import run_cases
+from benchmarks.matrix import SETS, Case, select
+from benchmarks.predict import PREDICTORS, predict_tensors
+from planner.errors import UserError
+from planner.hardware.calibration import CalibrationFile
+from planner.hardware.calibration_fit import fit_overheads, point_from_record
 
-from benchmarks.harness import run_cases  # noqa: E402
-from benchmarks.matrix import SETS, Case, select  # noqa: E402
-from benchmarks.predict import PREDICTORS, predict_tensors  # noqa: E402
-from planner.errors import UserError  # noqa: E402
-from planner.hardware.calibration import CalibrationFile  # noqa: E402
-from planner.hardware.calibration_fit import fit_overheads, point_from_record  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GIB = 1 << 30
 KEEP = ("config", "status", "error", "device", "gpu", "stack", "model", "tokens", "hidden_size", "micro_batches",
@@ -94,9 +92,9 @@ def print_matrix(cases: list[Case], predictor: str) -> None:
 
 
 def default_device() -> str:
-    from benchmarks.harness import _default_device
+    from benchmarks.harness import default_device
 
-    return _default_device()
+    return default_device()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -4,8 +4,8 @@ For every entry of profiles/models/*.yaml the config is handed to transformers (
 LlamaConfig with the same shapes), the model is instantiated on the meta device (no memory, no download),
 and sum(p.numel()) is compared with the published figure. Writes benchmarks/results/catalog-params.md.
 
-    python benchmarks/check_catalog.py            # table on stdout + results file
-    python benchmarks/check_catalog.py --tolerance 0.005 --out /tmp/params.md
+    python -m benchmarks.check_catalog            # table on stdout + results file
+    python -m benchmarks.check_catalog --tolerance 0.005 --out /tmp/params.md
 
 Exit status 1 when any published figure is missed (beyond --tolerance, or at all where it is exact).
 """
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "same shapes) and counted with `sum(p.numel() for p in model.parameters())` (tied weights once).",
         f"Rounded published figures must match within {args.tolerance:.1%}; exact ones exactly.",
         "",
-        f"Reproduce: `python benchmarks/check_catalog.py` (transformers {transformers.__version__}, "
+        f"Reproduce: `python -m benchmarks.check_catalog` (transformers {transformers.__version__}, "
         f"torch {torch.__version__}, Python {platform.python_version()}; {len(rows)} models in {seconds:.1f} s).",
         "",
         "| file | name | model_type | computed params | published | kind | difference | ok |",

@@ -7,9 +7,9 @@ run out of memory do not fit. The plan's choice comes from planner.search with t
 the plan's throughput as a share of the grid's best (goal >= 95%), and the time each approach took
 (the grid's total wall time; the plan's search time plus its one measured run).
 
-    python benchmarks/config_quality.py                        # CUDA, all cases
-    python benchmarks/config_quality.py --cases qwen7b-qlora-24g --out-dir $OUT/quality
-    python benchmarks/config_quality.py --device cpu --smoke   # tiny model, simulated budget (CI path)
+    python -m benchmarks.config_quality                        # CUDA, all cases
+    python -m benchmarks.config_quality --cases qwen7b-qlora-24g --out-dir $OUT/quality
+    python -m benchmarks.config_quality --device cpu --smoke   # tiny model, simulated budget (CI path)
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.harness import run_case
+from benchmarks.matrix import Case, resolve_model
+from benchmarks.report import fmt_abs_pct, gpu_label, md_table
+from planner.train_config import TrainConfig
 
-from benchmarks.harness import run_case  # noqa: E402
-from benchmarks.matrix import Case, resolve_model  # noqa: E402
-from benchmarks.report import fmt_abs_pct, gpu_label, md_table  # noqa: E402
-from planner.train_config import TrainConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GLOBAL_BATCH = 8
 GOAL_SHARE = 0.95
@@ -157,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path)
     ap.add_argument("--timeout-s", type=float, default=240.0)
     args = ap.parse_args(argv)
-    from benchmarks.harness import _default_device
+    from benchmarks.harness import default_device
 
-    device = args.device or _default_device()
+    device = args.device or default_device()
     cases = [c for c in (SMOKE_CASES if args.smoke else CASES) if not args.cases or c.name in args.cases]
     out_dir = args.out_dir or ROOT / "out" / "benchmarks" / f"quality-{device}"
     results = [evaluate(qc, out_dir, device=device, timeout_s=args.timeout_s) for qc in cases]

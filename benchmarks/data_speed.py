@@ -5,7 +5,7 @@ LLaMA-Factory's scripts/stat_utils/length_cdf.py as a reference point.
 The big datasets are made here from a real alpaca file, replicated and perturbed (words dropped,
 random words and numbers inserted) so the vocabulary keeps growing as it would in real data.
 
-    python benchmarks/data_speed.py --alpaca PATH/alpaca_en_demo.json --tokenizer PATH/qwen3 \\
+    python -m benchmarks.data_speed --alpaca PATH/alpaca_en_demo.json --tokenizer PATH/qwen3 \\
         [--sizes 100000,1000000] [--repeat 3] [--array] [--reference-python PATH/venv/bin/python]
 
 Writes benchmarks/results/data-speed.{json,md}.
@@ -72,7 +72,6 @@ def to_array(jsonl: Path, out: Path) -> None:
 _CHILD = """
 import json, os, resource, sys, time
 t0 = time.perf_counter()
-sys.path.insert(0, {root!r})
 from planner.model.spec import ModelSpec
 from planner.data import DataRequest, analyze
 spec = ModelSpec.from_config({model!r}, name="Qwen3-0.6B")
@@ -93,9 +92,10 @@ print(json.dumps({{"wall_s": wall, "cpu_s": cpu, "cpu_main_s": cpu_main, "cpu_wo
 
 def run_planner(data: Path, tokenizer: str, *, sample: int | None, cache: bool, cache_dir: str) -> dict:
     """One `analyze` in a fresh interpreter (wall time includes imports; RSS is the child's peak)."""
-    code = _CHILD.format(root=str(ROOT), model=MODEL, data=str(data), tokenizer=tokenizer, sample=sample,
+    code = _CHILD.format(model=MODEL, data=str(data), tokenizer=tokenizer, sample=sample,
                          cache=cache)
-    env = {**os.environ, "VRAMPLAN_CACHE": cache_dir}
+    env = {**os.environ, "VRAMPLAN_CACHE": cache_dir,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -257,7 +257,7 @@ def write(rows: list[dict], reference: dict | None, args: argparse.Namespace) ->
                          f"{reference['wall_s'] / cold['wall_s']:.1f}x the planner's median cold run"
                          + (f", CPU time {reference['cpu_s'] / cold['cpu_s']:.1f}x (the planner uses both cores)"
                             if "cpu_s" in reference else "") + ".")
-    lines += ["", "Reproduce: `python benchmarks/data_speed.py --alpaca ALPACA.json --tokenizer TOKENIZER_DIR "
+    lines += ["", "Reproduce: `python -m benchmarks.data_speed --alpaca ALPACA.json --tokenizer TOKENIZER_DIR "
               "[--array] [--reference-python VENV/bin/python]`", ""]
     (RESULTS / "data-speed.md").write_text("\n".join(lines))
 

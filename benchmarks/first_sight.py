@@ -5,7 +5,7 @@ most equals a released checkpoint) is written as config.json; each run is a fres
 VRAMPLAN_CACHE for the cold run and the same cache for the cached runs. Writes
 benchmarks/results/first-sight.json.
 
-    python benchmarks/first_sight.py [--families olmo2,gemma3_text,gpt_oss] [--cached-runs 3]
+    python -m benchmarks.first_sight [--families olmo2,gemma3_text,gpt_oss] [--cached-runs 3]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For each family's default config (transformers' own), the planner's estimate (fi
 shortened copy, scaled to full depth and to the length) is compared with runner.simulate's trace of the
 complete model at a length the fit never traced, per phase. Writes benchmarks/results/generic-accuracy.json.
 
-    python benchmarks/generic_accuracy.py [--families olmo2,granite] [--seq 2048]
+    python -m benchmarks.generic_accuracy [--families olmo2,granite] [--seq 2048]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 # its own process. Whatever finishes before the deadline is kept: rows are written as they end.
 # Everything lands in $OUT (4 files): stack.txt, session.log, rows.jsonl, session.json. Then, anywhere:
 #
-#   python benchmarks/session.py --analyse DIR/rows.jsonl   # calibration, accuracy, max context, questions
+#   python -m benchmarks.session --analyse DIR/rows.jsonl   # calibration, accuracy, max context, questions
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu-session/export}
@@ -49,7 +49,7 @@ cat "$OUT/stack.txt" >&2
 
 left=$(( DEADLINE_S - ($(date +%s) - t0) ))
 timeout --signal=INT --kill-after=15 $(( left + 20 )) \
-  python3 benchmarks/session.py --device cuda --deadline-s "$left" --out-dir "$run" ${SESSION_ARGS:-} 2>&1 \
+  python3 -m benchmarks.session --device cuda --deadline-s "$left" --out-dir "$run" ${SESSION_ARGS:-} 2>&1 \
   | tee "$OUT/session.log"
 status=${PIPESTATUS[0]}
 cp "$run/rows.jsonl" "$run/session.json" "$OUT"/ 2>/dev/null

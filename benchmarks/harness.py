@@ -3,9 +3,9 @@
 Each configuration gets a fresh process: a fresh CUDA context and an empty caching allocator, so
 no measurement inherits another's cached blocks or loaded kernels.
 
-    python benchmarks/harness.py --config '{"name": "x", "model": "tiny", "train": {"cutoff_len": 64}}' \\
+    python -m benchmarks.harness --config '{"name": "x", "model": "tiny", "train": {"cutoff_len": 64}}' \\
         --out /tmp/x.json --device cpu
-    python benchmarks/harness.py --config @case.json --out result.json          # CUDA when available
+    python -m benchmarks.harness --config @case.json --out result.json          # CUDA when available
 
 From Python (calibrate.py, accuracy.py, max_context.py, config_quality.py):
 
@@ -23,11 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.matrix import Case
 
-from benchmarks.matrix import Case  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_case(case: Case, out: Path, *, device: str, timeout_s: float = 300.0, resume: bool = True,
@@ -43,7 +41,7 @@ def run_case(case: Case, out: Path, *, device: str, timeout_s: float = 300.0, re
         except json.JSONDecodeError:
             pass  # half-written by a killed run: measure again
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--config", json.dumps(case.to_json()),
+    cmd = [sys.executable, "-m", "benchmarks.harness", "--config", json.dumps(case.to_json()),
            "--out", str(out), "--device", device]
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), child_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -96,7 +94,7 @@ def _text(data: Any) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
 
-def _default_device() -> str:
+def default_device() -> str:
     try:
         import torch
 
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     text = Path(args.config[1:]).read_text() if args.config.startswith("@") else args.config
     case = Case.from_json(json.loads(text))
-    device = args.device or _default_device()
+    device = args.device or default_device()
     # Imported here: the parent side (run_case) never needs torch.
     from benchmarks.measure_case import measure
 

@@ -6,10 +6,10 @@ budget with torch.cuda.set_per_process_memory_fraction (allocator cap = budget -
 applied after a warm-up step; benchmarks/measure_case.py). Predicted by the same search over the
 analytic model + the card's calibration.
 
-    python benchmarks/max_context.py                             # CUDA: all budgets
-    python benchmarks/max_context.py --budgets 24 40 --out-dir $OUT/ctx --no-report
-    python benchmarks/max_context.py --report-only --out-dir DIR
-    python benchmarks/max_context.py --device cpu --smoke        # tiny model, simulated OOM (CI path)
+    python -m benchmarks.max_context                             # CUDA: all budgets
+    python -m benchmarks.max_context --budgets 24 40 --out-dir $OUT/ctx --no-report
+    python -m benchmarks.max_context --report-only --out-dir DIR
+    python -m benchmarks.max_context --device cpu --smoke        # tiny model, simulated OOM (CI path)
 
 Probes are cached per cutoff, so a stopped search continues where it stopped.
 """
@@ -24,15 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.harness import run_case
+from benchmarks.matrix import Case, case, resolve_model
+from benchmarks.predict import PREDICTORS, predict_tensors
+from benchmarks.report import fmt_pct, gpu_label, md_table
+from planner.hardware.calibration import DeviceOverheads
 
-from benchmarks.harness import run_case  # noqa: E402
-from benchmarks.matrix import Case, case, resolve_model  # noqa: E402
-from benchmarks.predict import PREDICTORS, predict_tensors  # noqa: E402
-from benchmarks.report import fmt_pct, gpu_label, md_table  # noqa: E402
-from planner.hardware.calibration import DeviceOverheads  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Unsloth's max-context table (unsloth README / blog "Llama 3.1 fine-tuning", Llama-3.1-8B QLoRA r=32,
 # batch 1, all linear layers): Hugging Face + Flash Attention 2 column.
@@ -157,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="use cached probes only (no new measurement)")
     args = ap.parse_args(argv)
-    from benchmarks.harness import _default_device
+    from benchmarks.harness import default_device
 
-    device = args.device or _default_device()
+    device = args.device or default_device()
     budgets = SMOKE_BUDGETS if args.smoke else BUDGETS
     labels = args.budgets or list(budgets)
     out_dir = args.out_dir or ROOT / "out" / "benchmarks" / f"max-context-{device}"

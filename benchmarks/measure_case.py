@@ -3,8 +3,8 @@
 CUDA: the card's NVML usage is read before CUDA is initialized (the baseline), so the device
 figure includes the CUDA context. The model is built on the card with random weights, the cache is
 emptied and the peaks reset after loading, then `steps` optimizer steps run with runner.step's
-train_step; CudaPhases keeps each phase's allocated/reserved peak, and a 5 ms NVML
-sampler the device peak (also per phase). With a budget, the allocator is capped after one warm-up
+train_step; CudaPhases keeps each phase's allocated/reserved peak, and runner.nvml's sampler
+(every 10 ms) the device peak (also per phase). With a budget, the allocator is capped after one warm-up
 step (when lazily loaded kernels are in the context) so that allocator + context fit the budget.
 
 CPU: the same steps under runner.measure.CpuProbe (tensor accounting), plus the process's max RSS.
@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import gc
 import os
-import platform
 import statistics
-import threading
 import time
 import traceback
-from importlib import metadata
 from typing import Any
 
 from benchmarks.matrix import Case
@@ -30,137 +27,27 @@ from planner.model.params import count_params
 
 FORMAT = 1
 STEP_PHASES = ("forward", "backward", "optimizer")
-_PACKAGES = {"transformers": "transformers", "peft": "peft", "accelerate": "accelerate",
-             "bitsandbytes": "bitsandbytes", "deepspeed": "deepspeed", "liger_kernel": "liger-kernel"}
 
 
-# -- NVML ------------------------------------------------------------------------------------------------
-def nvml_handle():
-    """NVML handle of the first visible card, found without initializing CUDA (None without NVML)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
-        if first.isdigit():
-            return pynvml.nvmlDeviceGetHandleByIndex(int(first))
-        return pynvml.nvmlDeviceGetHandleByUUID(first)
-    except Exception:
-        return None
-
-
-def nvml_used(handle) -> int | None:
-    """Memory used on the whole card (every process)."""
-    if handle is None:
-        return None
-    import pynvml
-
-    return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-
-
-def nvml_own(handle, pid: int | None = None) -> int | None:
-    """This process's device memory as the driver lists it (context + allocator + libraries), or None
-    where the driver does not list it (no permission, another PID namespace). Unlike the card-wide
-    figure it stays true while other measurements share the card."""
-    if handle is None:
-        return None
-    import pynvml
-
-    pid = os.getpid() if pid is None else pid
-    try:
-        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-    except Exception:
-        return None
-    for p in procs:
-        if int(p.pid) == pid:
-            used = getattr(p, "usedGpuMemory", None)
-            return int(used) if used is not None else None
-    return None
-
-
-class NvmlPeak:
-    """Max device memory, overall and per phase (phase_fn names the current phase), sampled every 10 ms:
-    the card-wide `used` and this process's own usage (when the driver lists it)."""
-
-    def __init__(self, handle, phase_fn, interval_s: float = 0.01):
-        self.handle, self.phase_fn, self.interval_s = handle, phase_fn, interval_s
-        self.max_used = 0
-        self.max_own = 0
-        self.by_phase: dict[str, int] = {}
-        self.own_by_phase: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="nvml-peak", daemon=True)
-
-    def sample(self) -> None:
-        used = nvml_used(self.handle)
-        if used is None:
-            return
-        own = nvml_own(self.handle)
-        phase = self.phase_fn()
-        self.max_used = max(self.max_used, used)
-        self.by_phase[phase] = max(self.by_phase.get(phase, 0), used)
-        if own is not None:
-            self.max_own = max(self.max_own, own)
-            self.own_by_phase[phase] = max(self.own_by_phase.get(phase, 0), own)
-
-    def reset(self) -> None:
-        self.max_used, self.max_own, self.by_phase, self.own_by_phase = 0, 0, {}, {}
-        self.sample()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval_s)
-
-    def start(self) -> None:
-        if self.handle is not None:
-            self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._stop.set()
-            self._thread.join(timeout=1.0)
-        self.sample()
-
-
-def context_bytes(torch, handle, baseline: int | None) -> int | None:
+# -- device ----------------------------------------------------------------------------------------------
+def context_bytes(torch, nvml) -> int | None:
     """Device memory outside the caching allocator right now: this process's usage when listed,
     else the card's usage over the baseline (true only while nothing else runs on the card)."""
-    own = nvml_own(handle)
+    own = nvml.process_bytes()
     if own is not None:
         return own - torch.cuda.memory_reserved()
-    used = nvml_used(handle)
-    if used is None or baseline is None:
+    used = nvml.used_bytes()
+    if used is None or nvml.baseline_used_bytes is None:
         return None
-    return used - baseline - torch.cuda.memory_reserved()
+    return used - nvml.baseline_used_bytes - torch.cuda.memory_reserved()
 
 
-# -- stack -----------------------------------------------------------------------------------------------
-def stack_info(torch) -> dict[str, Any]:
-    out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
-    for key, dist in _PACKAGES.items():
-        try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = None
-    if torch.cuda.is_available() and torch.backends.cudnn.is_available():
-        out["cudnn"] = torch.backends.cudnn.version()
-    out["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None
-    return out
-
-
-def gpu_info(torch, handle) -> dict[str, Any]:
+def gpu_info(torch, nvml) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(0)
     info: dict[str, Any] = {"name": props.name, "memory_bytes": int(props.total_memory),
                             "compute_capability": f"{props.major}.{props.minor}", "vendor": "nvidia"}
-    if handle is not None:
-        import pynvml
-
-        name = pynvml.nvmlDeviceGetName(handle)
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        info["name"] = name.decode() if isinstance(name, bytes) else name
-        info["memory_bytes"] = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-        info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+    if nvml.bound:  # NVML's name, total memory and driver
+        info.update(nvml.info)
     return info
 
 
@@ -175,13 +62,18 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
     """Run one case and return its result (never raises for OOM or build errors: see `status`)."""
     started = time.perf_counter()
     cuda = device.startswith("cuda")
-    handle = nvml_handle() if cuda else None
-    baseline = nvml_used(handle)  # before CUDA exists in this process
+    probe = None
+    nvml = None
+    if cuda:
+        from runner.nvml import NvmlSampler
+
+        # every card's usage read now, before CUDA exists in this process (the baseline); sampled every 10 ms
+        nvml = NvmlSampler(interval_s=0.01, phase_fn=lambda: probe.phase)
     import torch
 
-    from benchmarks.cuda_build import build_for_measure
     from runner.accounting import micro_batches
     from runner.build import make_batch
+    from runner.report import measurement_stack
     from runner.step import make_optimizer, train_step
 
     spec, train = case.spec(), case.train_config()
@@ -192,29 +84,29 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
         "format": FORMAT, "config": case.to_json(), "device": "cuda" if cuda else "cpu", "status": "error",
         "error": None, "model": {"name": spec.name, "hidden_size": spec.hidden_size, "vocab_size": spec.vocab_size,
                                  "params": count_params(spec).total},
-        "tokens": case.tokens, "hidden_size": spec.hidden_size, "micro_batches": micro, "stack": stack_info(torch),
+        "tokens": case.tokens, "hidden_size": spec.hidden_size, "micro_batches": micro,
+        "stack": measurement_stack(torch),
         "notes": [], "phases": {}, "peak": {}, "context": {}, "timing": {},
     }
     torch.manual_seed(0)
-    probe = sampler = None
     step_s: list[float] = []
     try:
         if cuda:
             torch.zeros(1, device="cuda")
             torch.cuda.synchronize()
-            res["gpu"] = gpu_info(torch, handle)
-            at_init = context_bytes(torch, handle, baseline)
+            nvml.bind(0)  # the first visible card, the one this process uses
+            res["gpu"] = gpu_info(torch, nvml)
+            at_init = context_bytes(torch, nvml)
             if at_init is not None:
-                res["context"] = {"baseline_used_bytes": baseline, "at_init_bytes": at_init,
-                                  "source": "process" if nvml_own(handle) is not None else "device"}
+                res["context"] = {"baseline_used_bytes": nvml.baseline_used_bytes, "at_init_bytes": at_init,
+                                  "source": "process" if nvml.process_bytes() is not None else "device"}
             probe = CudaPhases(torch)
-            sampler = NvmlPeak(handle, lambda: probe.phase)
-            sampler.start()
+            nvml.start()
             probe.begin_load()
         else:
             res["gpu"] = {"name": "cpu", "vendor": "cpu"}
         t0 = time.perf_counter()
-        model, notes = build_for_measure(spec, train, device="cuda" if cuda else "cpu")
+        model, notes = build_measured(spec, train, device="cuda" if cuda else "cpu")
         res["notes"] += notes
         optimizer, note = make_optimizer(model, train)
         res["notes"] += [note] if note else []
@@ -227,10 +119,10 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             if case.budget_bytes:
-                _warm_up_and_cap(torch, model, optimizer, batches, train, case.budget_bytes, handle, baseline, res)
+                _warm_up_and_cap(torch, model, optimizer, batches, train, case.budget_bytes, nvml, res)
             res["context"]["after_load_allocated_bytes"] = torch.cuda.memory_allocated()
             res["context"]["after_load_reserved_bytes"] = torch.cuda.memory_reserved()
-            sampler.reset()
+            nvml.reset()
             probe.start()
         else:
             probe = _cpu_probe(model, optimizer, train, batches, case.budget_bytes, res["notes"])
@@ -251,10 +143,10 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
     finally:
         if probe is not None:
             probe.stop()
-        if sampler is not None:
-            sampler.stop()
+        if nvml is not None:
+            nvml.stop()
     if probe is not None:
-        _fill_peaks(res, probe.summary(), sampler, baseline, cuda)
+        _fill_peaks(res, probe.summary(), nvml, cuda)
     if step_s:
         steady = step_s[1:] or step_s
         res["timing"]["step_seconds"] = [round(s, 4) for s in step_s]
@@ -263,10 +155,34 @@ def measure(case: Case, *, device: str) -> dict[str, Any]:
     return res
 
 
+def build_measured(spec, train, *, device: str) -> tuple[Any, list[str]]:
+    """(model ready to train, notes), built by runner.build as `plan --apply` builds it, random weights on the
+    device: Liger Kernel's patches first (CUDA only); a k-bit plan on CUDA is built in its compute dtype and
+    its decoder Linears swapped for bitsandbytes ones (kbit="swap": writing an 8B model to disk for
+    bitsandbytes to quantize on load takes minutes), then train.trainer's recipe's method step (peft's
+    prepare_model_for_kbit_training with its fp32 upcast, or LLaMA-Factory's without). The transient 16-bit
+    copy is freed before measuring (the cache is emptied and the peaks reset after loading)."""
+    from runner.build import apply_liger, build_model, cpu_4bit_available
+
+    notes: list[str] = []
+    if apply_liger(spec, train, device, notes):
+        notes.append("Liger Kernel applied (runner.build)")
+    # bitsandbytes >= 0.48 loads 4-bit on the CPU (the CPU oracle's way); everything else k-bit swaps
+    on_cpu = device == "cpu" and train.quantization_bit == 4 and cpu_4bit_available()
+    swap = bool(train.quantization_bit) and not on_cpu
+    model = build_model(spec, train, device=device, kbit="swap" if swap else "load")
+    if swap:
+        then = f"the {train.trainer} recipe's method step (runner.build.apply_method)"
+        notes.append(f"{train.quantization_bit}-bit weights quantized from a random {train.dtype} build "
+                     f"(bitsandbytes, lm_head and embeddings unquantized), then {then}")
+    return model, notes
+
+
 class CudaPhases:
     """Allocator peaks per phase: max_memory_allocated/reserved since the previous mark (the peak stats
-    are reset at every mark), kept per (step, phase); the same figures as runner.measure.CudaProbe,
-    kept here so the GPU measurements depend on torch alone."""
+    are reset at every mark), kept per (step, phase): runner.measure.CudaProbe's figures, with a "ready" mark
+    after loading and without CudaProbe's own NVML sampler (the sampler here is shared with the context
+    readings and samples every 10 ms)."""
 
     kind = "cuda"
 
@@ -357,7 +273,7 @@ def _cpu_probe(model, optimizer, train, batches, budget, notes: list[str]):
 WARM_UP_TOKENS = 256  # per row: enough to load the step's kernels, small enough to stay inside the budget
 
 
-def _warm_up_and_cap(torch, model, optimizer, batches, train, budget: int, handle, baseline, res) -> None:
+def _warm_up_and_cap(torch, model, optimizer, batches, train, budget: int, nvml, res) -> None:
     """One short uncapped step (loads the kernels into the context), then cap the allocator to budget - context.
 
     The warm-up rows are cut to WARM_UP_TOKENS: a full-length uncapped step could take more than the
@@ -372,7 +288,7 @@ def _warm_up_and_cap(torch, model, optimizer, batches, train, budget: int, handl
     gc.collect()
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
-    context = context_bytes(torch, handle, baseline) or 0
+    context = context_bytes(torch, nvml) or 0
     fraction = (budget - context) / total
     res["context"].update({"after_warmup_bytes": context, "budget_bytes": budget, "memory_fraction": fraction})
     if fraction <= 0 or torch.cuda.memory_reserved() > budget - context:
@@ -381,7 +297,7 @@ def _warm_up_and_cap(torch, model, optimizer, batches, train, budget: int, handl
     torch.cuda.reset_peak_memory_stats()
 
 
-def _fill_peaks(res: dict[str, Any], summary: dict[str, Any], sampler, baseline, cuda: bool) -> None:
+def _fill_peaks(res: dict[str, Any], summary: dict[str, Any], nvml, cuda: bool) -> None:
     res["probe"] = summary
     phases = summary.get("phases", {})
     reserved = summary.get("phases_reserved", {})
@@ -395,18 +311,19 @@ def _fill_peaks(res: dict[str, Any], summary: dict[str, Any], sampler, baseline,
     peak = {"phase": peak_phase, "allocated_bytes": phases[peak_phase]}
     if cuda:
         peak["reserved_bytes"] = max(reserved.get(p, 0) for p in train_phases)
-        if sampler is not None and sampler.max_own:
+        baseline = nvml.baseline_used_bytes if nvml is not None else None
+        if nvml is not None and nvml.max_process_bytes:
             # this process's own usage: true whatever else shares the card
-            peak["device_bytes"], peak["device_source"] = sampler.max_own, "process"
-            for p, used in sampler.own_by_phase.items():
+            peak["device_bytes"], peak["device_source"] = nvml.max_process_bytes, "process"
+            for p, used in nvml.process_by_phase.items():
                 if p in res["phases"]:
                     res["phases"][p]["device_bytes"] = used
-        if sampler is not None and sampler.max_used and baseline is not None:
+        if nvml is not None and nvml.max_used_bytes and baseline is not None:
             # the card's usage over its usage before this process started CUDA (true when alone)
-            peak["device_total_delta_bytes"] = sampler.max_used - baseline
+            peak["device_total_delta_bytes"] = nvml.max_used_bytes - baseline
             if "device_bytes" not in peak:
-                peak["device_bytes"], peak["device_source"] = sampler.max_used - baseline, "device"
-                for p, used in sampler.by_phase.items():
+                peak["device_bytes"], peak["device_source"] = nvml.max_used_bytes - baseline, "device"
+                for p, used in nvml.used_by_phase.items():
                     if p in res["phases"]:
                         res["phases"][p]["device_bytes"] = used - baseline
     else:  # no caching allocator on the CPU: reserved = live tensors; the process RSS stands for "device"

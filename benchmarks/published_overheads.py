@@ -1,7 +1,7 @@
 """The device-overhead model against published pairs of peak allocated and reserved / nvidia-smi memory.
 
-    python benchmarks/published_overheads.py            # table + summary; writes benchmarks/results/published.md
-    python benchmarks/published_overheads.py --check    # exit 1 unless the goal holds (used by the tests)
+    python -m benchmarks.published_overheads            # table + summary; writes benchmarks/results/published.md
+    python -m benchmarks.published_overheads --check    # exit 1 unless the goal holds (used by the tests)
 
 Input: benchmarks/results/published-pairs.csv (one row per published measurement, with its source URL).
 For each row the planner's uncalibrated overheads (planner.memory.overheads.default_overheads, with the
@@ -23,11 +23,10 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from planner.hardware.gpus import parse_gpu
+from planner.memory.overheads import default_overheads
 
-from planner.hardware.gpus import parse_gpu  # noqa: E402
-from planner.memory.overheads import default_overheads  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PAIRS = ROOT / "benchmarks" / "results" / "published-pairs.csv"
 OUT = ROOT / "benchmarks" / "results" / "published.md"
@@ -94,7 +93,7 @@ def run() -> tuple[str, dict]:
     rows = load_pairs()
     oh = default_overheads(parse_gpu("A100-80G"), expandable=False)
     lines = ["# Device memory beyond the tensors: published pairs", "",
-             "Written by `python benchmarks/published_overheads.py` from `benchmarks/results/published-pairs.csv`.",
+             "Written by `python -m benchmarks.published_overheads` from `benchmarks/results/published-pairs.csv`.",
              "Each row: a published peak *allocated* (torch `max_memory_allocated`, or FSDP's peak active) and the",
              "*reserved* (`max_memory_reserved`) or *device* (nvidia-smi) peak of the same run. vramplan's",
              "uncalibrated device model (`planner/memory/overheads.py`) predicts the second from the first:",

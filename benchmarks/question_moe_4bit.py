@@ -6,7 +6,7 @@ the loaded parameters are then listed by kind (experts, attention, router, ...) 
 dtype. Then each recipe's k-bit preparation runs on it (peft's prepare_model_for_kbit_training, or
 none as LLaMA-Factory does) to show the dtype the experts end up in for training.
 
-    python benchmarks/question_moe_4bit.py --out /tmp/moe.json            # CUDA when available, else CPU
+    python -m benchmarks.question_moe_4bit --out /tmp/moe.json            # CUDA when available, else CPU
 
 Writes one result in the harness's format (status, config, gpu, stack) with an `answer` object.
 """
@@ -21,10 +21,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 NAME = "q-moe-4bit-fused-experts"
 # Small shapes with the real structure: fused experts, top-k router, GQA attention.
@@ -101,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from benchmarks.measure_case import stack_info
+    from runner.report import measurement_stack
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     res: dict[str, Any] = {"config": {"name": NAME, "model": "mixtral+qwen3_moe (small)", "group": "questions"},
-                           "device": device, "status": "error", "stack": stack_info(torch),
+                           "device": device, "status": "error", "stack": measurement_stack(torch),
                            "gpu": {"name": torch.cuda.get_device_name(0)} if device == "cuda" else {"name": "cpu"}}
     try:
         res["answer"] = {t: answer_for(t, device) for t in SHAPES}

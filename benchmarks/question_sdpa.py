@@ -6,7 +6,7 @@ The flash kernel takes only 16-bit inputs; whether another fused kernel takes fp
 attention matrix (heads x s^2) is materialized. Each shape and dtype is tried with each backend alone,
 then with PyTorch's own choice, forward + backward, and the allocator's peak above the inputs recorded.
 
-    python benchmarks/question_sdpa.py --out /tmp/sdpa.json    # CUDA only
+    python -m benchmarks.question_sdpa --out /tmp/sdpa.json    # CUDA only
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 NAME = "q-sdpa-kernels-fp32-gqa"
 # (label, heads, kv heads, sequence, head dim): Llama-3.1-8B, Qwen2.5-7B, Qwen2.5-1.5B attention shapes
@@ -66,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.nn.attention import SDPBackend
 
-    from benchmarks.measure_case import stack_info
+    from runner.report import measurement_stack
 
     started = time.perf_counter()
     res: dict[str, Any] = {"config": {"name": NAME, "group": "questions", "model": "sdpa"}, "device": "cuda",
-                           "status": "error", "stack": stack_info(torch)}
+                           "status": "error", "stack": measurement_stack(torch)}
     if not torch.cuda.is_available():
         res["error"] = "needs CUDA"
     else:

@@ -2,7 +2,7 @@
 imports excluded) and warm (median of repeated calls), with the number of memory estimates it needed.
 Also the infeasible path (which re-searches to check every suggestion) and a full --sweep.
 
-    python benchmarks/search_speed.py [--repeat 7] [--samples 50000]
+    python -m benchmarks.search_speed [--repeat 7] [--samples 50000]
 
 Writes benchmarks/results/search-speed.{json,md}. The target is < 200 ms per search.
 """
@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET_S = 0.200
@@ -105,7 +103,7 @@ def main() -> int:
     cases.append({"model": INFEASIBLE[0], "hw": list(INFEASIBLE[1]), "pinned": INFEASIBLE[2]})
     rows = []
     for case in cases:
-        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(case), "--repeat", str(args.repeat),
+        out = subprocess.run([sys.executable, "-m", "benchmarks.search_speed", "--child", json.dumps(case), "--repeat", str(args.repeat),
                               "--samples", str(args.samples)], capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             print(out.stderr, file=sys.stderr)
@@ -126,13 +124,13 @@ def main() -> int:
         "sweep": sw,
         "all_under_target": all(r["cold_s"] < TARGET_S for r in feasible),
     }
-    doc = {"benchmark": "search_speed", "command": "python benchmarks/search_speed.py", "samples": args.samples,
+    doc = {"benchmark": "search_speed", "command": "python -m benchmarks.search_speed", "samples": args.samples,
            "repeat": args.repeat, "python": platform.python_version(), "machine": platform.machine(),
            "processor": platform.processor() or platform.machine(), "summary": summary, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "search-speed.json").write_text(json.dumps(doc, indent=2) + "\n")
     md = ["# Search speed", "",
-          f"`python benchmarks/search_speed.py` ({args.samples:,} synthetic samples; Python "
+          f"`python -m benchmarks.search_speed` ({args.samples:,} synthetic samples; Python "
           f"{platform.python_version()}, {platform.machine()}). Cold = first search() in a fresh process "
           f"(imports excluded); warm = median of {args.repeat} more.", "",
           f"Target < {TARGET_S * 1e3:.0f} ms: cold max {summary['cold_max_s'] * 1e3:.1f} ms, median "

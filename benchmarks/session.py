@@ -5,16 +5,16 @@ most useful: a canary alone (which is also the isolation case's "alone" half), t
 searches (serial chains, started first), the open questions, then calibration and held-out accuracy
 cases interleaved (the cases that fit the most constants and cover the most methods first).
 
-Several cases run at once, each in its own process (benchmarks/harness.py: a fresh CUDA context and
-allocator), whenever their reserved device memory fits together under `fill` of the card (default
-85%); a case's reservation is its predicted device peak x 1.1 + 1 GiB, a budgeted max-context probe
+Several cases run at once (benchmarks.scheduler), each in its own process (benchmarks.harness: a fresh
+CUDA context and allocator), whenever their reserved device memory fits together under `fill` of the card
+(default 85%); a case's reservation is its predicted device peak x 1.1 + 1 GiB, a budgeted max-context probe
 reserves its whole budget. Each process reports its own device memory from NVML's per-process list,
 so neighbours do not leak into its figures; the isolation case is measured alone and again beside
 others to show it.
 
-    python benchmarks/session.py --device cuda --deadline-s 470 --out-dir $OUT          # the GPU call
-    python benchmarks/session.py --device cpu --smoke --card-gib 2 --out-dir /tmp/s     # the same on the CPU
-    python benchmarks/session.py --analyse $OUT/rows.jsonl                              # reports, here
+    python -m benchmarks.session --device cuda --deadline-s 470 --out-dir $OUT          # the GPU call
+    python -m benchmarks.session --device cpu --smoke --card-gib 2 --out-dir /tmp/s     # the same on the CPU
+    python -m benchmarks.session --analyse $OUT/rows.jsonl                              # reports, here
 
 Writes rows.jsonl (one harness result per line, with a `session` object: start/end seconds,
 reservation, neighbours) and session.json (card, stack, the schedule: every start with the reserved
@@ -25,23 +25,15 @@ and isolation reports (benchmarks/results, profiles/calibration).
 from __future__ import annotations
 
 import argparse
-import heapq
 import itertools
 import json
 import os
 import sys
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.matrix import (  # noqa: E402
+from benchmarks.matrix import (
     ACCURACY,
     CALIBRATION,
     ISOLATION,
@@ -51,205 +43,13 @@ from benchmarks.matrix import (  # noqa: E402
     Case,
     case,
 )
+from benchmarks.scheduler import FILL, GIB, Scheduler
 
-GIB = 1 << 30
-FILL = 0.85  # never reserve more than this share of the card for running cases together
+ROOT = Path(__file__).resolve().parents[1]
+
 RESERVE_FACTOR, RESERVE_PAD = 1.1, 1 * GIB  # reservation = predicted device peak x 1.1 + 1 GiB
 # The allocator setting the runner launches training with (and so the one to calibrate).
 SESSION_ENV = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-MIN_START_S = 35.0  # no new case with less time than this left before the deadline
-_PRINT = threading.Lock()
-
-
-def say(message: str, log) -> None:
-    """One whole line on the log, whichever thread speaks."""
-    with _PRINT:
-        print(message, file=log, flush=True)
-
-
-@dataclass(order=True)
-class Job:
-    """One unit of work for the scheduler: run() is called in a worker thread and returns a result."""
-
-    priority: float
-    seq: int
-    name: str = field(compare=False)
-    reserve_bytes: int = field(compare=False)
-    run: Callable[[float], dict[str, Any]] = field(compare=False)  # run(seconds left) -> result
-    alone: bool = field(default=False, compare=False)
-    lane: str | None = field(default=None, compare=False)  # a serial chain: its space is held between jobs
-    done: threading.Event = field(default_factory=threading.Event, compare=False)
-    result: dict[str, Any] | None = field(default=None, compare=False)
-
-
-class Scheduler:
-    """Start jobs by priority while their reservations fit under fill x card and a process limit.
-
-    A job that does not fit waits; a smaller one behind it may start (backfill) unless the head has
-    waited longer than `starve_s`. `alone` jobs start only on an empty card and block others meanwhile.
-    Every start is logged with the reserved sum at that moment (`schedule`), the proof that the card
-    is never oversubscribed.
-    """
-
-    def __init__(self, card_bytes: int, *, fill: float = FILL, max_parallel: int = 6, deadline_s: float = 470.0,
-                 starve_s: float = 20.0, clock: Callable[[], float] = time.monotonic, log=sys.stderr,
-                 on_result: Callable[[dict[str, Any]], None] | None = None):
-        self.limit_bytes = int(card_bytes * fill)
-        self.card_bytes, self.fill = card_bytes, fill
-        self.max_parallel, self.starve_s, self.clock, self.log = max_parallel, starve_s, clock, log
-        self.t0 = clock()
-        self.deadline_s = deadline_s
-        self._heap: list[Job] = []
-        self._seq = itertools.count()
-        self._running: dict[str, Job] = {}
-        self._cond = threading.Condition()
-        self._waiting_since: dict[str, float] = {}
-        self.schedule: list[dict[str, Any]] = []
-        self.results: list[dict[str, Any]] = []
-        self._open_submitters = 0
-        self._threads: list[threading.Thread] = []
-        self.on_result = on_result  # called with each result as it ends (rows survive a killed session)
-        # lane -> (bytes, until): a chain's space stays set aside for a moment after each of its jobs,
-        # so the next probe is not crowded out by cases backfilled in between
-        self._held: dict[str, tuple[int, float]] = {}
-        self._neighbours: dict[str, set[str]] = {}
-        self.hold_s = 3.0
-
-    # -- submitting -------------------------------------------------------------------------------------
-    def submit(self, name: str, reserve_bytes: int, run: Callable[[float], dict[str, Any]], *, priority: float,
-               alone: bool = False, lane: str | None = None) -> Job:
-        job = Job(priority, next(self._seq), name, int(reserve_bytes), run, alone, lane)
-        if job.reserve_bytes > self.limit_bytes and not alone:
-            job.alone = True  # too big to share: it gets the card to itself
-        with self._cond:
-            self._held.pop(lane, None)  # the chain's next job takes its held space
-            heapq.heappush(self._heap, job)
-            self._waiting_since[name] = self.elapsed()
-            self._cond.notify_all()
-        return job
-
-    def submitter(self, fn: Callable[[Scheduler], None]) -> None:
-        """Run fn(self) in a thread that may submit jobs and wait for them (a max-context search)."""
-        with self._cond:
-            self._open_submitters += 1
-
-        def body() -> None:
-            try:
-                fn(self)
-            except Exception as e:  # a broken chain must not stop the session
-                print(f"submitter {fn!r} failed: {type(e).__name__}: {e}", file=self.log, flush=True)
-            finally:
-                with self._cond:
-                    self._open_submitters -= 1
-                    self._cond.notify_all()
-
-        t = threading.Thread(target=body, daemon=True)
-        t.start()
-
-    # -- running ----------------------------------------------------------------------------------------
-    def elapsed(self) -> float:
-        return self.clock() - self.t0
-
-    def left(self) -> float:
-        return self.deadline_s - self.elapsed()
-
-    def reserved(self) -> int:
-        now = self.elapsed()
-        self._held = {k: v for k, v in self._held.items() if v[1] > now}
-        return sum(j.reserve_bytes for j in self._running.values()) + sum(b for b, _ in self._held.values())
-
-    def _pick(self) -> Job | None:
-        """The job to start now, or None (called with the lock held)."""
-        if not self._heap or len(self._running) >= self.max_parallel:
-            return None
-        if any(j.alone for j in self._running.values()):
-            return None
-        head = self._heap[0]
-        if head.alone:
-            return heapq.heappop(self._heap) if not self._running else None
-        free = self.limit_bytes - self.reserved()
-        if head.reserve_bytes <= free:
-            return heapq.heappop(self._heap)
-        if self.elapsed() - self._waiting_since.get(head.name, 0.0) > self.starve_s:
-            return None  # let the card drain for the head instead of backfilling forever
-        for job in sorted(self._heap)[1:]:
-            if not job.alone and job.reserve_bytes <= free:
-                self._heap.remove(job)
-                heapq.heapify(self._heap)
-                return job
-        return None
-
-    def _start(self, job: Job) -> None:
-        now = self.elapsed()
-        self._running[job.name] = job
-        entry = {"name": job.name, "start_s": round(now, 2), "reserve_bytes": job.reserve_bytes,
-                 "reserved_after_bytes": self.reserved(), "running": sorted(self._running),
-                 "limit_bytes": self.limit_bytes, "alone": job.alone}
-        self.schedule.append(entry)
-        # neighbours, exactly: what runs now, and (added by the later starts) whatever starts before it ends
-        self._neighbours[job.name] = set(self._running) - {job.name}
-        for other in self._running:
-            if other != job.name:
-                self._neighbours.setdefault(other, set()).add(job.name)
-        say(f"[{now:6.1f}s] start {job.name} (reserve {job.reserve_bytes / GIB:.1f} GiB, "
-            f"{entry['reserved_after_bytes'] / GIB:.1f}/{self.limit_bytes / GIB:.1f} GiB, "
-            f"{len(self._running)} running)", self.log)
-
-        def body() -> None:
-            started = self.elapsed()
-            try:
-                result = job.run(max(self.left(), 1.0))
-            except Exception as e:
-                result = {"config": {"name": job.name}, "status": "error", "error": f"{type(e).__name__}: {e}"}
-            with self._cond:
-                ended = self.elapsed()
-                neighbours = self._neighbours.pop(job.name, set())
-                result = dict(result)
-                result["session"] = {"start_s": round(started, 2), "end_s": round(ended, 2),
-                                     "reserve_bytes": job.reserve_bytes, "alone": job.alone,
-                                     "neighbours": sorted(neighbours), "priority": job.priority}
-                job.result = result
-                self.results.append(result)
-                if self.on_result is not None:
-                    self.on_result(result)
-                del self._running[job.name]
-                if job.lane is not None:
-                    self._held[job.lane] = (job.reserve_bytes, ended + self.hold_s)
-                self._cond.notify_all()
-            peak = result.get("peak") or {}
-            say(f"[{ended:6.1f}s] done  {job.name}: {result.get('status')} device "
-                f"{(peak.get('device_bytes') or 0) / GIB:.2f} GiB in {ended - started:.0f} s", self.log)
-            job.done.set()
-
-        t = threading.Thread(target=body, daemon=True)
-        self._threads.append(t)
-        t.start()
-
-    def run(self) -> list[dict[str, Any]]:
-        """Until the queue is empty and no submitter is open, or the deadline leaves no time to start."""
-        with self._cond:
-            while True:
-                if self.left() < MIN_START_S:
-                    for job in self._heap:  # never started: waiting submitters get a result
-                        job.result = {"config": {"name": job.name}, "status": "skipped",
-                                      "error": "the session's deadline came first"}
-                        job.done.set()
-                    self._heap.clear()
-                    if not self._running:
-                        break
-                else:
-                    job = self._pick()
-                    if job is not None:
-                        self._start(job)
-                        continue
-                    if not self._heap and not self._running and not self._open_submitters:
-                        break
-                self._cond.wait(timeout=0.5)
-        return self.results
-
-    def wait(self, job: Job) -> dict[str, Any]:
-        job.done.wait()
-        return job.result or {"status": "skipped"}
 
 
 # -- the queue ------------------------------------------------------------------------------------------------
@@ -283,9 +83,9 @@ def case_job(c: Case, out_dir: Path, *, device: str, timeout_s: float, env: dict
     return run
 
 
-def script_job(script: str, name: str, out_dir: Path, *, device: str, env: dict[str, str]
+def script_job(module: str, name: str, out_dir: Path, *, device: str, env: dict[str, str]
                ) -> Callable[[float], dict[str, Any]]:
-    """A benchmarks/<script> that writes one result with --out (the MoE question)."""
+    """A benchmark module (run as `python -m module`) that writes one result with --out (the questions)."""
     import subprocess
 
     def run(left_s: float) -> dict[str, Any]:
@@ -294,7 +94,7 @@ def script_job(script: str, name: str, out_dir: Path, *, device: str, env: dict[
         child = {**os.environ, **env,
                  "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         try:
-            proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--out", str(out),
+            proc = subprocess.run([sys.executable, "-m", module, "--out", str(out),
                                    "--device", device], env=child, capture_output=True, text=True,
                                   timeout=min(120.0, left_s))
             tail = (proc.stderr or "")[-1500:]
@@ -352,7 +152,7 @@ L8_NAME = "Llama-3.1-8B"
 def plan_followup(sched: Scheduler, out_dir: Path, *, device: str, timeout_s: float, env: dict[str, str]) -> None:
     raw = out_dir / "raw"
     sched.submit("q-sdpa-kernels-fp32-gqa", 40 * GIB,
-                 script_job("question_sdpa.py", "q-sdpa-kernels-fp32-gqa", raw / "questions", device=device, env=env),
+                 script_job("benchmarks.question_sdpa", "q-sdpa-kernels-fp32-gqa", raw / "questions", device=device, env=env),
                  priority=0)
     for c, folder, priority in followup_cases():
         reserve = reserve_for(c, device=device)
@@ -382,7 +182,7 @@ def plan_session(sched: Scheduler, out_dir: Path, *, device: str, smoke: bool, t
                      case_job(c, raw / folder, device=device, timeout_s=timeout_s, env=env), priority=10 + i)
         if not smoke and i == len(QUESTIONS) + 6:
             sched.submit("q-moe-4bit-fused-experts", 4 * GIB,
-                         script_job("question_moe_4bit.py", "q-moe-4bit-fused-experts", raw / "questions",
+                         script_job("benchmarks.question_moe_4bit", "q-moe-4bit-fused-experts", raw / "questions",
                                     device=device, env=env), priority=10 + i + 0.5)
 
 
@@ -450,17 +250,12 @@ def card_bytes_now(device: str, card_gib: float | None) -> tuple[int, dict[str, 
     """The card's memory without initializing CUDA in this (parent) process: NVML, else --card-gib."""
     if card_gib:
         return int(card_gib * GIB), {"name": f"{device} (given {card_gib} GiB)"}
-    from benchmarks.measure_case import nvml_handle
+    from runner.nvml import first_visible_card  # torch-free: no CUDA context in the parent
 
-    handle = nvml_handle()
-    if handle is None:
+    card = first_visible_card()
+    if card is None:
         raise SystemExit("no NVML device: pass --card-gib to run the scheduler on the CPU")
-    import pynvml
-
-    name = pynvml.nvmlDeviceGetName(handle)
-    total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-    return total, {"name": name.decode() if isinstance(name, bytes) else name, "memory_bytes": total,
-                   "driver": pynvml.nvmlSystemGetDriverVersion()}
+    return card["memory_bytes"], card
 
 
 def run_session(args: argparse.Namespace) -> int:

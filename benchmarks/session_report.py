@@ -1,7 +1,7 @@
 """Reports from one GPU session's rows.jsonl (benchmarks/session.py): calibration, accuracy, max context,
 the open questions and the isolation check.
 
-    python benchmarks/session.py --analyse rows.jsonl [--results-dir benchmarks/results]
+    python -m benchmarks.session --analyse rows.jsonl [--results-dir benchmarks/results]
 
 Rows are unpacked into out/gpu-session/raw/<group>/<case>.json (the per-case layout the other drivers
 read), then: the calibration group is fitted (profiles/calibration/<gpu>-<stack>.json on CUDA), the
@@ -18,13 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.matrix import Case
+from benchmarks.predict import predict_tensors
+from benchmarks.report import fmt_gib, fmt_pct, gpu_label, md_table, rel_error
 
-from benchmarks.matrix import Case  # noqa: E402
-from benchmarks.predict import predict_tensors  # noqa: E402
-from benchmarks.report import fmt_gib, fmt_pct, gpu_label, md_table, rel_error  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GROUP_DIRS = {"calibration": "calibration", "accuracy": "accuracy", "max_context": "max_context",
               "questions": "questions", "isolation": "isolation"}

@@ -1,6 +1,6 @@
 """Speed and memory of the fake-tensor simulation (runner.simulate) on full-size models.
 
-    python benchmarks/simulate_speed.py [--quick] [--out benchmarks/results/simulate-speed.json]
+    python -m benchmarks.simulate_speed [--quick] [--out benchmarks/results/simulate-speed.json]
 
 Each case runs in a fresh interpreter: imports and a tiny warm-up trace first (not timed), then one
 timed simulate_step (wall and CPU seconds: the trace is single-threaded Python, so CPU seconds are

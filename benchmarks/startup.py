@@ -1,6 +1,6 @@
 """Start-up time of the `plan` command (goal: `plan --help` well under 0.5 s on a laptop CPU).
 
-    python benchmarks/startup.py [--runs 10]
+    python -m benchmarks.startup [--runs 10]
 
 Each run is a fresh interpreter (what a user waits for); writes benchmarks/results/startup.json.
 """

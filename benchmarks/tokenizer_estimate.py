@@ -4,7 +4,7 @@ For each tokenizer family, every sample of every dataset is rendered with a chat
 by the real tokenizer; the character-class features of the same text are fitted by least squares on
 relative error (even-numbered samples) and the error is measured on the odd-numbered ones (held out).
 
-    python benchmarks/tokenizer_estimate.py --qwen QWEN_TOKENIZER_DIR --cl100k cl100k_base.tiktoken \\
+    python -m benchmarks.tokenizer_estimate --qwen QWEN_TOKENIZER_DIR --cl100k cl100k_base.tiktoken \\
         --data DATA_DIR   # a folder with LLaMA-Factory demo files + dataset_info.json
 
 Writes profiles/tokenizer_estimate.yaml and benchmarks/results/tokenizer-estimate.{json,md}.
@@ -15,20 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from planner.data.estimate import FEATURES, SPECIAL_RE, EstimateCounter, features
+from planner.data.loaders import iter_samples, resolve_sources
+from planner.data.pipeline import prepare
+from planner.model.spec import ModelSpec
 
-from planner.data.estimate import FEATURES, SPECIAL_RE, EstimateCounter, features  # noqa: E402
-from planner.data.loaders import iter_samples, resolve_sources  # noqa: E402
-from planner.data.pipeline import prepare  # noqa: E402
-from planner.model.spec import ModelSpec  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DATASETS = {"alpaca_en_demo": "alpaca (English)", "alpaca_zh_demo": "alpaca (Chinese)",
             "glaive_toolcall_en_demo": "sharegpt with tools", "c4_demo": "pretraining text (C4)",
@@ -223,7 +221,7 @@ def write_md(result: dict, path: Path) -> None:
                   f"{e['total_tokens'] * 100:+.1f}% | {e['p98_length'] * 100:+.1f}% |", "",
                   "It needs cl100k's file (downloaded once by tiktoken) and is not more accurate for the one family "
                   "that can be measured here, so the planner keeps the file-free character-class model.", ""]
-    lines += ["Reproduce: `python benchmarks/tokenizer_estimate.py --qwen QWEN_DIR --cl100k cl100k_base.tiktoken "
+    lines += ["Reproduce: `python -m benchmarks.tokenizer_estimate --qwen QWEN_DIR --cl100k cl100k_base.tiktoken "
               "--data DATA_DIR`.", ""]
     path.write_text("\n".join(lines))
 

@@ -1,6 +1,7 @@
 """vramplan's torch side: building and training models, and measuring what their steps hold.
 
-- runner.build: the model a run trains (random init, method applied), its batches
+- runner.build: the one model builder (`--apply`, the oracles, the GPU benchmarks): the model a run trains,
+  its batches; runner.quantize its bitsandbytes k-bit weights
 - runner.step: one optimizer step as HF Trainer runs it, with phase marks
 - runner.accounting: oracle 1, live tensor bytes of real CPU steps by category
 - runner.simulate: oracle 2, the same accounting on full-size models with fake tensors

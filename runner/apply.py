@@ -149,13 +149,14 @@ def _archive_checkpoints(out_dir: Path, attempt: int) -> None:
             shutil.move(str(p), str(dest / p.name))
 
 
-def _oom_info(report, result, setup, smaller, out_dir: Path) -> dict[str, Any]:
-    err = result.error or {}
+def _oom_info(report, err: dict[str, Any], checkpoints: list[str], setup, smaller, out_dir: Path) -> dict[str, Any]:
+    """report.json's `oom`: where the run stopped (err: RunResult.error's phase/step/message), the peaks,
+    the checkpoints kept and the next smaller plan."""
     info = {"phase": err.get("phase"), "step": err.get("step"), "simulated": err.get("simulated", False),
             "message": err.get("message"),
             "measured_peak_bytes": report["measured"].get("peak_tensor_bytes"),
             "predicted_peak_bytes": report["predicted"].get("peak_tensor_bytes"),
-            "budget_bytes": setup.gpu.memory_bytes, "checkpoints": result.checkpoints}
+            "budget_bytes": setup.gpu.memory_bytes, "checkpoints": checkpoints}
     if smaller is not None:
         info["next"] = {"changes": list(smaller.changes), "predicted_peak_bytes": smaller.predicted_bytes,
                         "confident": smaller.confident, "plan": str(out_dir / "plan.next.yaml")}
@@ -314,7 +315,11 @@ def apply_plan(plan: dict | PlanFile, *, out_dir: str | Path, max_steps: int | N
                                predict=_predict_peak(spec, setup, seq_lens) if seq_lens else None)
         if smaller is not None:
             plan.with_(config=smaller.train).save(out_dir / "plan.next.yaml")
-        oom = _oom_info(report, result if result is not None else _Stub(report), setup, smaller, out_dir)
+        if result is not None:
+            err, checkpoints = result.error, result.checkpoints
+        else:  # torchrun's rank 0 wrote the report: its `oom` holds the stop, and the checkpoints it kept
+            err, checkpoints = report.get("oom"), report.get("checkpoints") or []
+        oom = _oom_info(report, err or {}, checkpoints, setup, smaller, out_dir)
         report["oom"] = oom
         if result is not None:
             _finish(report, out_dir, console)
@@ -330,14 +335,6 @@ def apply_plan(plan: dict | PlanFile, *, out_dir: str | Path, max_steps: int | N
         plan = plan.with_(config=smaller.train)
         resume_from = latest_checkpoint(out_dir)
     return 1
-
-
-class _Stub:
-    """RunResult's fields _oom_info reads, from a report written by a torchrun rank."""
-
-    def __init__(self, report: dict[str, Any]):
-        self.error = report.get("oom") or {}
-        self.checkpoints = report.get("checkpoints") or []
 
 
 def _rank() -> int:

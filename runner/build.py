@@ -1,9 +1,14 @@
-"""Build the model a training run would train: random weights, the method applied as training does.
+"""The one model builder: the model a TrainConfig trains, built as training builds it.
 
-Shared by the CPU oracles (tensor accounting, fake-tensor simulation) and the trainer, so the three
-never disagree on what "LoRA r=16 on all linears, checkpointing on" builds.
+Used by `plan --apply` (runner.train), the CPU oracles (tensor accounting, fake-tensor simulation) and the
+GPU benchmarks (benchmarks.measure_case), so they never disagree on what "QLoRA r=16 on all linears,
+checkpointing on" builds: the dtype, bitsandbytes k-bit weights (runner.quantize), Liger Kernel's patches,
+the attention implementation, then the trainer recipe's method step (k-bit preparation, checkpointing,
+full / freeze / peft LoRA).
 
-    >>> model = build_model(spec, TrainConfig(finetuning_type="lora"), device="cpu")
+    >>> apply_liger(spec, train, "cuda", notes)                        # before the build; CUDA only
+    >>> model = build_model(spec, TrainConfig(finetuning_type="lora"), device="cpu")   # random weights
+    >>> model = load_pretrained("models/qwen", spec, train, device="cuda:0", attn="sdpa")  # a checkpoint
     >>> batch = make_batch(spec.vocab_size, batch=1, seq_len=512, device="cpu")
 """
 
@@ -11,8 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from planner.model.liger import liger_patch_name
 from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
+from runner.quantize import quantization_config, quantize_in_place
 
 if TYPE_CHECKING:
     import torch
@@ -21,7 +28,7 @@ if TYPE_CHECKING:
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 # config.json keys that describe the file, not the architecture.
-_FILE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype",
+FILE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype",
               "_name_or_path")
 
 # Keys a Llama-shaped remote-code config shares with LlamaConfig, and what LlamaConfig calls them.
@@ -77,7 +84,7 @@ def transformers_config(spec_or_config: ModelSpec | dict[str, Any]) -> Pretraine
         kwargs["max_position_embeddings"] = int(
             config.get("max_position_embeddings") or config.get("model_max_length") or 4096)
         return AutoConfig.for_model("llama", **kwargs)
-    kwargs = {k: v for k, v in config.items() if k not in _FILE_KEYS}
+    kwargs = {k: v for k, v in config.items() if k not in FILE_KEYS}
     if counted_as:  # built as the family it is counted as; its own rotary variant (mrope) left out
         kwargs = {k: v for k, v in kwargs.items() if k not in ("rope_scaling", "rope_parameters", "vision_config")}
         return AutoConfig.for_model(counted_as, **kwargs)
@@ -129,8 +136,8 @@ def cpu_4bit_available() -> bool:
     return (int(parts[0]), int(parts[1])) >= (0, 48)
 
 
-def _check_buildable(train: TrainConfig, device: str = "cpu") -> None:
-    if not train.quantization_bit:
+def _check_buildable(train: TrainConfig, device: str | None = "cpu") -> None:
+    if not train.quantization_bit or device is None or device.startswith("cuda"):
         return
     if train.quantization_bit == 4 and device == "cpu" and cpu_4bit_available():
         return
@@ -139,52 +146,75 @@ def _check_buildable(train: TrainConfig, device: str = "cpu") -> None:
                     f"{_FALLBACK}")
 
 
-def build_model(spec: ModelSpec, train: TrainConfig, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                attn: str | None = None) -> torch.nn.Module:
+def build_model(spec: ModelSpec, train: TrainConfig, *, device: str | None = "cpu", dtype: torch.dtype | None = None,
+                attn: str | None = None, kbit: str = "load") -> torch.nn.Module:
     """A random-init causal LM with `train`'s method applied (trainable flags, LoRA, checkpointing).
 
-    device: "cpu" (or "cuda") allocates; "meta" allocates nothing (parameter counting). Under an active
-    FakeTensorMode a "cpu" build yields fake tensors. dtype defaults to train.dtype, the dtype
-    weights are loaded in (fp32 + train.amp means autocast at run time, see runner.step).
+    device: "cpu" or "cuda[:i]" allocates; "meta" allocates nothing (parameter counting); None leaves the
+    placement to DeepSpeed (built on the CPU, k-bit loaded without a device map). Under an active
+    FakeTensorMode a "cpu" build yields fake tensors. dtype defaults to train.dtype, the dtype weights are
+    loaded in (fp32 + train.amp means autocast at run time, see runner.step). attn: the attention
+    implementation to build with, as given; by default the plan's, resolved for a CPU build (resolve_attn).
+    kbit, for a k-bit plan: "load" writes the random weights to a temporary folder and loads them back
+    through bitsandbytes, as a k-bit checkpoint loads (`plan --apply --init random`, the CPU oracle);
+    "swap" builds in the compute dtype on the device and swaps the decoder Linears (runner.quantize;
+    seconds instead of minutes for an 8B model: the GPU benchmarks).
 
         >>> build_model(spec, TrainConfig(finetuning_type="full", dtype="fp32"), device="meta")
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    _check_buildable(train, device)
-    impl, _ = resolve_attn(spec, train, attn)
+    if kbit not in ("load", "swap"):
+        raise ValueError(f"kbit={kbit!r}: 'load' or 'swap'")
+    if kbit == "load":
+        _check_buildable(train, device)
+    impl = attn or resolve_attn(spec, train)[0]
+    dtype = dtype or torch_dtype(train.dtype)
+    if train.quantization_bit and kbit == "load":
+        return _load_random_kbit(spec, train, dtype=dtype, attn=impl, device=device)
+    if train.quantization_bit and train.finetuning_type != "lora":
+        raise ValueError("quantized weights are trained through LoRA adapters only (QLoRA)")
     cfg = transformers_config(spec)
     cfg.use_cache = False  # training never keeps a KV cache (LLaMA-Factory sets the same)
-    if train.quantization_bit:
-        model = load_quantized_random(spec, train, dtype=dtype or torch_dtype(train.dtype), attn=impl)
-    else:
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype or torch_dtype(train.dtype),
-                                                     attn_implementation=impl)
+    with torch.device(device or "cpu"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=impl)
+    if train.quantization_bit:  # kbit == "swap"
+        quantize_in_place(model, train, compute_dtype=dtype, device=device or "cpu")
     model.train()
     return apply_method(model, spec, train)
 
 
-def quantization_config(train: TrainConfig):
-    """The BitsAndBytesConfig of a k-bit plan (what LLaMA-Factory's quantization_bit / double_quantization ask)."""
-    import torch
-    from transformers import BitsAndBytesConfig
+def load_pretrained(source: str, spec: ModelSpec, train: TrainConfig, *, device: str | None, attn: str,
+                    dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A checkpoint's weights (a folder or a hub id, safetensors only, never remote code) loaded as `train`
+    plans (dtype, bitsandbytes k-bit) on `device` (None: DeepSpeed places it), the method applied.
+    Raises transformers' OSError / ValueError for weights it cannot load.
 
-    compute = torch.float16 if train.dtype == "fp16" else torch.bfloat16
-    if train.quantization_bit == 4:
-        # QLoRA (Dettmers et al. 2023): NF4 storage, double quantization, 16-bit compute. BitsAndBytesConfig's
-        # own defaults (fp4, no double quant, fp32 compute) are not QLoRA's, so every field is set.
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=train.double_quantization,
-                                  bnb_4bit_compute_dtype=compute)
-    return BitsAndBytesConfig(load_in_8bit=True)
+        >>> load_pretrained("models/qwen2.5-0.5b", spec, TrainConfig(quantization_bit=4), device="cuda:0", attn="sdpa")
+    """
+    model = _from_pretrained(source, train, dtype=dtype or torch_dtype(train.dtype), attn=attn, device=device)
+    return apply_method(model, spec, train)
 
 
-def load_quantized_random(spec: ModelSpec, train: TrainConfig, *, dtype, attn: str, device: str = "cpu"):
+def _from_pretrained(source: str, train: TrainConfig, *, dtype, attn: str, device: str | None):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn, "use_safetensors": True,
+                              "trust_remote_code": False}
+    if train.quantization_bit:  # transformers quantizes every decoder nn.Linear while loading
+        kwargs["quantization_config"] = quantization_config(train)
+    if device is not None:
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    model.config.use_cache = False
+    model.train()
+    return model
+
+
+def _load_random_kbit(spec: ModelSpec, train: TrainConfig, *, dtype, attn: str, device: str | None):
     """Random weights written to a temporary folder and loaded back through bitsandbytes, as a k-bit
-    checkpoint loads (transformers quantizes every decoder nn.Linear while loading; embeddings and lm_head
-    stay in `dtype`)."""
+    checkpoint loads (embeddings and lm_head stay in `dtype`), the method applied."""
     import shutil
     import tempfile
 
@@ -193,13 +223,42 @@ def load_quantized_random(spec: ModelSpec, train: TrainConfig, *, dtype, attn: s
     tmp = tempfile.mkdtemp(prefix="vramplan-random-")
     try:
         AutoModelForCausalLM.from_config(transformers_config(spec), dtype=dtype).save_pretrained(tmp)
-        model = AutoModelForCausalLM.from_pretrained(
-            tmp, dtype=dtype, attn_implementation=attn, quantization_config=quantization_config(train),
-            device_map={"": device}, use_safetensors=True, trust_remote_code=False)
+        model = _from_pretrained(tmp, train, dtype=dtype, attn=attn, device=device)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    model.config.use_cache = False
-    return model
+    return apply_method(model, spec, train)
+
+
+def liger_supported(spec: ModelSpec) -> bool:
+    """Liger Kernel is installed and has kernels for this architecture."""
+    try:
+        import liger_kernel.transformers as liger
+    except ImportError:
+        return False
+    return hasattr(liger, liger_patch_name(spec))
+
+
+def apply_liger(spec: ModelSpec, train: TrainConfig, device: str, notes: list[str]) -> bool:
+    """Liger Kernel's class patches for this architecture when train.use_liger_kernel, before the model is
+    built (CUDA only: Triton kernels); what could not be applied is said in `notes`."""
+    if not train.use_liger_kernel:
+        return False
+    if not device.startswith("cuda"):
+        notes.append("use_liger_kernel: Liger's Triton kernels need CUDA; trained without them on the CPU")
+        return False
+    try:
+        import liger_kernel.transformers as liger
+    except ImportError:
+        notes.append("use_liger_kernel: liger-kernel is not installed; trained without it")
+        return False
+    name = liger_patch_name(spec)
+    patch = getattr(liger, name, None)
+    if patch is None:
+        notes.append(f"use_liger_kernel: Liger has no kernels for {name.removeprefix('apply_liger_kernel_to_')}; "
+                     "trained without them")
+        return False
+    patch()
+    return True
 
 
 def apply_method(model: torch.nn.Module, spec: ModelSpec, train: TrainConfig) -> torch.nn.Module:
@@ -228,7 +287,7 @@ def apply_method(model: torch.nn.Module, spec: ModelSpec, train: TrainConfig) ->
     elif train.finetuning_type == "freeze":
         _freeze_all_but_last_layers(model, spec.num_layers, train.freeze_trainable_layers)
     elif train.finetuning_type == "lora":
-        model = _apply_lora(model, train)
+        model = apply_lora(model, train)
         if train.quantization_bit and not r.kbit_adapter_fp32:
             compute = torch_dtype("fp16" if train.dtype == "fp16" else "bf16")
             for name, param in model.named_parameters():
@@ -272,7 +331,8 @@ def lora_target_modules(train: TrainConfig) -> str | list[str]:
     return list(train.lora_target)
 
 
-def _apply_lora(model: torch.nn.Module, train: TrainConfig) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, train: TrainConfig) -> torch.nn.Module:
+    """peft LoRA (DoRA) adapters on `train`'s target modules."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(

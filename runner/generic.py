@@ -19,13 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from planner.errors import UserError
 from planner.model.config_compat import language_config
+from runner.build import FILE_KEYS, torch_dtype
 
 if TYPE_CHECKING:
     import torch
 
-# config.json keys that describe the file, not the architecture (runner.build has the same list)
-_FILE_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype",
-              "_name_or_path")
 # Path components of attention-like blocks (softmax attention, linear attention, state-space mixers)
 _ATTN_PARTS = {"self_attn", "attention", "attn", "linear_attn", "mixer", "self_attention", "mamba",
                "temporal_block", "feed_forward_attn"}
@@ -36,7 +34,7 @@ _DIMS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention
 _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
-def _causal_types() -> dict[str, str]:
+def causal_types() -> dict[str, str]:
     """Decoder-only causal LMs of transformers' causal-LM mapping: encoder models with an LM head
     (bert, roberta: in the masked-LM mapping) and encoder-decoders (bart, whisper: in the seq2seq
     mapping) are left out, they are not what a causal fine-tune trains."""
@@ -75,7 +73,7 @@ def build_config(config: dict[str, Any], *, where: str, trust_remote_code: bool 
                 hint + ". Otherwise use a transformers version that knows it.")
         raise UserError(f"{where}: model_type {model_type!r} is not known to transformers and the folder has "
                         "no code for it (no auto_map).", "Check the model_type, or update transformers.")
-    kwargs = {k: v for k, v in config.items() if k not in _FILE_KEYS}
+    kwargs = {k: v for k, v in config.items() if k not in FILE_KEYS}
     try:
         return AutoConfig.for_model(model_type, **kwargs)
     except Exception as exc:  # ValueError / TypeError / KeyError with transformers' own words
@@ -97,7 +95,7 @@ def _transformers_version() -> str:
 
 def check_causal_lm(model_type: str, *, where: str, wrapper: str | None = None) -> None:
     """UserError unless transformers builds `model_type` as a causal language model."""
-    if model_type in _causal_types():
+    if model_type in causal_types():
         return
     inside = f" (the language model of {wrapper})" if wrapper else ""
     raise UserError(
@@ -115,9 +113,8 @@ def build_meta(cfg, *, dtype: str = "bf16", attn: str | None = None, trust_remot
     cfg.use_cache = False
     kwargs = {"attn_implementation": attn} if attn else {}
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16",
-                                                                           "fp32": "float32"}[dtype]),
-                                                 trust_remote_code=trust_remote_code, **kwargs)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
+                                                 **kwargs)
     model.train()
     return model
 
@@ -393,7 +390,7 @@ def vision_facts(config: dict[str, Any], *, where: str) -> dict[str, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    kwargs = {k: v for k, v in config.items() if k not in _FILE_KEYS}
+    kwargs = {k: v for k, v in config.items() if k not in FILE_KEYS}
     # the class an image-text fine-tune loads (LLaMA-Factory: AutoModelForImageTextToText when the type
     # has one; Llama 4's causal-LM class would leave the tower out)
     image_text = config["model_type"] in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES

@@ -54,8 +54,8 @@ def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, lengths
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from runner.build import _apply_lora, enable_checkpointing, make_batch
-    from runner.simulate import _to_fake
+    from runner.build import apply_lora, enable_checkpointing, make_batch
+    from runner.simulate import to_fake
 
     model = shortened(model_meta, prefix, keep)
     layers = list(model.get_submodule(prefix))  # peft wraps modules in place: the same objects after LoRA
@@ -65,9 +65,9 @@ def _trace(model_meta, prefix: str, keep: list[int], train: TrainConfig, lengths
         model.requires_grad_(True)
     else:
         model.requires_grad_(False)
-        model = _apply_lora(model, train)
+        model = apply_lora(model, train)
     fake_mode = FakeTensorMode()
-    _to_fake(model, fake_mode, torch.device("cpu"))
+    to_fake(model, fake_mode, torch.device("cpu"))
     out = {}
     for seq_len in lengths:
         with fake_mode:
@@ -179,7 +179,7 @@ def fit_activations(config: dict[str, Any], facts, key: dict[str, Any]) -> dict[
     """Fitted activation terms of `key` (a training configuration) for the language model `config`
     (planner.model.generic.activation_fit reads the result; each value is [tok, tok_s, const, seq])."""
     from runner.generic import build_config, build_meta, decoder_layers
-    from runner.simulate import _unpadded_sdpa
+    from runner.simulate import unpadded_sdpa
 
     started = time.perf_counter()
     train = _train(key)
@@ -189,7 +189,7 @@ def fit_activations(config: dict[str, Any], facts, key: dict[str, Any]) -> dict[
         notes.append("flash_attention_2 traced as sdpa (the CPU flash kernel saves the same tensors)")
         attn = "sdpa"
     cfg = build_config(config, where=str(config.get("model_type")))
-    impl = _unpadded_sdpa() if attn == "sdpa" else attn
+    impl = unpadded_sdpa() if attn == "sdpa" else attn
     try:
         model = build_meta(cfg, dtype=train.dtype, attn=impl)
     except (ValueError, ImportError) as exc:  # the class has no sdpa: transformers' own fallback is eager

@@ -6,7 +6,7 @@ announces them through `mark(phase)`; the probe keeps each phase's peak (max ove
 
 - CudaProbe: torch.cuda.max_memory_allocated / max_memory_reserved since the previous mark
   (reset_peak_memory_stats at each mark, so each figure is one phase's peak), and NVML device
-  memory sampled every 50 ms in a thread (device `used`, and this process's usage where the driver
+  memory sampled every 50 ms in a thread (runner.nvml: device `used`, and this process's usage where the driver
   lists it) for the true footprint: allocator + CUDA context + library workspaces.
 - CpuProbe: the tensor-accounting oracle (runner.accounting's StorageTracker) around the steps.
   With a budget (the planned card's memory), crossing it raises SimulatedOOM at the end of the
@@ -18,13 +18,12 @@ announces them through `mark(phase)`; the probe keeps each phase's peak (max ove
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any
 
 import torch
 
 from runner.accounting import CATEGORIES, make_tracker
+from runner.nvml import NvmlSampler
 
 STEP_PHASES = ("forward", "backward", "optimizer")
 
@@ -138,92 +137,6 @@ def group_categories(c: dict[str, int]) -> dict[str, int]:
         "activations_and_temporaries": sum(c.get(k, 0) for k in ("activations", "recomputed", "temporaries",
                                                                    "other")),
     }
-
-
-class NvmlSampler:
-    """Device memory read through NVML every `interval_s` in a daemon thread (max kept)."""
-
-    def __init__(self, interval_s: float = 0.05):
-        """Reads every card's used memory now, before this process touches CUDA (its baseline)."""
-        self.interval_s = interval_s
-        self.max_used_bytes = 0
-        self.max_process_bytes: int | None = None
-        self.baseline_used_bytes: int | None = None
-        self.info: dict[str, Any] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._handle = None
-        self._baselines: list[int] = []
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._baselines = [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used)
-                               for i in range(pynvml.nvmlDeviceGetCount())]
-        except Exception as exc:  # no NVML (or no permission): allocator figures only
-            self.info = {"nvml": f"unavailable ({type(exc).__name__})"}
-
-    def bind(self, device_index: int) -> None:
-        """Pick torch's CUDA device among NVML's cards (may initialize CUDA: call after __init__)."""
-        if not self._baselines:
-            return
-        try:
-            pynvml = self._nvml
-            self._handle = _nvml_handle(pynvml, device_index)
-            self.baseline_used_bytes = self._baselines[pynvml.nvmlDeviceGetIndex(self._handle)]
-            name = pynvml.nvmlDeviceGetName(self._handle)
-            driver = pynvml.nvmlSystemGetDriverVersion()
-            self.info = {"name": name.decode() if isinstance(name, bytes) else name,
-                         "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).total),
-                         "driver": driver.decode() if isinstance(driver, bytes) else driver}
-        except Exception as exc:
-            self._handle = None
-            self.info = {"nvml": f"unavailable ({type(exc).__name__})"}
-
-    def _read(self) -> None:
-        pynvml, handle = self._nvml, self._handle
-        used = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        self.max_used_bytes = max(self.max_used_bytes, used)
-        try:
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                    self.max_process_bytes = max(self.max_process_bytes or 0, int(proc.usedGpuMemory))
-        except Exception:  # not supported in some containers (pid namespaces): device figure only
-            pass
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._read()
-            self._stop.wait(self.interval_s)
-
-    def start(self) -> None:
-        if self._handle is not None and self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="vramplan-nvml", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=1.0)
-            self._read()
-            self._thread = None
-
-
-def _nvml_handle(pynvml, device_index: int):
-    """The NVML handle of torch's CUDA device (PCI bus id, so CUDA_VISIBLE_DEVICES remaps cannot mislead)."""
-    props = torch.cuda.get_device_properties(device_index)
-    if hasattr(props, "pci_bus_id"):
-        bus = f"{getattr(props, 'pci_domain_id', 0):08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
-        try:
-            return pynvml.nvmlDeviceGetHandleByPciBusId(bus.encode())
-        except Exception:
-            pass
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    ids = [x.strip() for x in visible.split(",") if x.strip()]
-    if device_index < len(ids) and ids[device_index].isdigit():
-        device_index = int(ids[device_index])
-    return pynvml.nvmlDeviceGetHandleByIndex(device_index)
 
 
 class CudaProbe:

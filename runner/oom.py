@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from planner.hardware.gpu_spec import GpuSetup
-from planner.model.liger import liger_patch_name
 from planner.model.spec import ModelSpec
 from planner.train_config import TrainConfig
+from runner import build
 
 MARGIN = 0.10  # extra headroom per retry on top of the observed miss
 
@@ -30,21 +30,13 @@ class Smaller:
     confident: bool = False  # True when the margin-scaled prediction fits the budget
 
 
-def _liger_supported(spec: ModelSpec) -> bool:
-    try:
-        import liger_kernel.transformers as liger
-    except ImportError:
-        return False
-    return hasattr(liger, liger_patch_name(spec))
-
-
 def candidates(spec: ModelSpec, train: TrainConfig, *, device: str) -> list[tuple[str, TrainConfig]]:
     """Single changes that lower peak memory, in the order a person would try them."""
     cuda = device == "cuda"
     out: list[tuple[str, TrainConfig]] = []
     if not train.gradient_checkpointing:
         out.append(("enable gradient checkpointing", train.with_(gradient_checkpointing=True)))
-    if cuda and not train.use_liger_kernel and _liger_supported(spec):
+    if cuda and not train.use_liger_kernel and build.liger_supported(spec):
         out.append(("enable Liger Kernel (fused linear cross-entropy)", train.with_(use_liger_kernel=True)))
     b = train.per_device_train_batch_size
     if b > 1:

@@ -28,14 +28,21 @@ TOP_KEYS = {"peak_tensor_bytes": "peak_tensor_bytes", "peak_reserved_bytes": "pe
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "deepspeed", "liger-kernel")
 
 
-def stack_info(attn: str) -> dict[str, Any]:
-    """Versions of the software stack (from package metadata: nothing heavy is imported here)."""
-    out: dict[str, Any] = {"python": platform.python_version(), "vramplan": __version__}
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the training stack's PACKAGES (from package metadata: nothing is imported)."""
+    out: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    return out
+
+
+def stack_info(attn: str) -> dict[str, Any]:
+    """The software stack of a `plan --apply` run, as report.json records it (nothing heavy is imported here)."""
+    out: dict[str, Any] = {"python": platform.python_version(), "vramplan": __version__}
+    out.update(package_versions())
     try:
         import torch
 
@@ -44,6 +51,20 @@ def stack_info(attn: str) -> dict[str, Any]:
         out["cuda"] = None
     out["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
     out["attn_implementation"] = attn
+    return out
+
+
+def measurement_stack(torch) -> dict[str, Any]:
+    """The software stack as the benchmarks' measurements record it (benchmarks.measure_case and the question
+    scripts): torch's own version string, the other PACKAGES under Python names (liger_kernel), cuDNN when a
+    CUDA device is there, and the allocator setting."""
+    versions = package_versions()
+    out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                           "python": platform.python_version()}
+    out.update({name.replace("-", "_"): versions[name] for name in PACKAGES if name != "torch"})
+    if torch.cuda.is_available() and torch.backends.cudnn.is_available():
+        out["cudnn"] = torch.backends.cudnn.version()
+    out["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None
     return out
 
 

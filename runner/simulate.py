@@ -46,9 +46,9 @@ def simulate_step(spec: ModelSpec, train: TrainConfig, *, batch_size: int, seq_l
     # Built on the meta device (no init cost), then every parameter and buffer becomes a fake CPU
     # tensor. Building inside FakeTensorMode instead fails at peft's adapter dtype cast (nn.Module
     # swaps fake parameters, and the fake converter's memo holds weakrefs that forbid the swap).
-    model = build_model(spec, train, device="meta", attn=_unpadded_sdpa() if attn == "sdpa" else attn)
+    model = build_model(spec, train, device="meta", attn=unpadded_sdpa() if attn == "sdpa" else attn)
     fake_mode = FakeTensorMode()
-    _to_fake(model, fake_mode, torch.device("cpu"))
+    to_fake(model, fake_mode, torch.device("cpu"))
     # Fake tensors report storage sizes, but nothing is computed: the oracle is exact for shapes and
     # lifetimes, and blind to data-dependent paths (none in a dense decoder's training step).
     with fake_mode:
@@ -57,7 +57,7 @@ def simulate_step(spec: ModelSpec, train: TrainConfig, *, batch_size: int, seq_l
                            config=describe(spec, train, batch_size, seq_len, attn), notes=notes)
 
 
-def _unpadded_sdpa() -> str:
+def unpadded_sdpa() -> str:
     """Register (once) and name an attention implementation: stock sdpa, with a mask function that
     knows the rows are unpadded and unpacked.
 
@@ -94,7 +94,7 @@ def _unpadded_sdpa() -> str:
 _UNPADDED_SDPA = "sdpa_unpadded_rows"
 
 
-def _to_fake(model, fake_mode, device) -> None:
+def to_fake(model, fake_mode, device) -> None:
     """Replace the meta parameters and buffers of `model` by fake tensors on `device`, in place.
 
     Tied parameters (one Parameter in two modules) stay one Parameter.

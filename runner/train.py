@@ -3,8 +3,8 @@
 Loading follows the plan exactly: dtype, bitsandbytes 4/8-bit (NF4, double quantization, bf16
 compute), peft LoRA/QLoRA/DoRA (the trainer recipe's k-bit step), full and freeze tuning,
 non-reentrant gradient checkpointing, Liger Kernel (CUDA), the planned attention implementation and
-a DeepSpeed config for the planned ZeRO stage/offload. The method is applied by runner.build's
-helpers, the same ones the CPU oracles use.
+a DeepSpeed config for the planned ZeRO stage/offload. The model is built by runner.build, the builder
+the CPU oracles and the GPU benchmarks use.
 
     >>> result = run_training(plan, spec, setup, out_dir=Path("out"), max_steps=2, init="random")
     >>> result.status, result.measured["peak_tensor_bytes"]
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,32 +79,6 @@ def _attn(spec: ModelSpec, train: TrainConfig, device: str, notes: list[str]) ->
     return impl
 
 
-def _apply_liger(spec: ModelSpec, train: TrainConfig, device: str, notes: list[str]) -> bool:
-    """Liger Kernel's patches for this architecture (before the model is built); CUDA only."""
-    if not train.use_liger_kernel:
-        return False
-    if device != "cuda":
-        notes.append("use_liger_kernel: Liger's Triton kernels need CUDA; trained without them on the CPU")
-        return False
-    try:
-        import liger_kernel.transformers as liger
-    except ImportError:
-        notes.append("use_liger_kernel: liger-kernel is not installed; trained without it")
-        return False
-    # image-text checkpoints patch as their wrapper (apply_liger_kernel_to_qwen2_5_vl, ...)
-    arch = spec.multimodal or spec.arch.counted_as or spec.model_type
-    patch = getattr(liger, f"apply_liger_kernel_to_{arch}", None)
-    if patch is None:
-        notes.append(f"use_liger_kernel: Liger has no kernels for {arch}; trained without them")
-        return False
-    patch()
-    return True
-
-
-def _quantization_config(train: TrainConfig):
-    return build.quantization_config(train)
-
-
 def _model_source(plan: PlanFile, spec: ModelSpec) -> str:
     if spec.source_dir is not None and (Path(spec.source_dir) / "config.json").is_file():
         return str(spec.source_dir)
@@ -118,45 +90,22 @@ def _model_source(plan: PlanFile, spec: ModelSpec) -> str:
                     "Point the plan's model.path at a folder with safetensors weights, or use --init random.")
 
 
-def _apply_method(model, spec: ModelSpec, train: TrainConfig):
-    """The method step of train.trainer's recipe on a loaded model (runner.build.apply_method, as the oracles
-    do): LLaMA-Factory's by default (no fp32 upcast of a quantized model), peft's prepare_model_for_kbit_training
-    under --trainer peft."""
-    return build.apply_method(model, spec, train)
-
-
 def load_model(plan: PlanFile, spec: ModelSpec, train: TrainConfig, *, init: str, device: str, attn: str,
                local_rank: int, deepspeed: bool, notes: list[str]):
-    """The model to train, with the method applied; on the device unless DeepSpeed places it."""
-    from transformers import AutoModelForCausalLM
-
-    dtype = build.torch_dtype(train.dtype)
-    target = f"cuda:{local_rank}" if device == "cuda" else "cpu"
-    if init == "random" and not train.quantization_bit:
+    """(model to train with the method applied, weights folder or None), built by runner.build; on the
+    device unless DeepSpeed places it."""
+    target = None if deepspeed else (f"cuda:{local_rank}" if device == "cuda" else "cpu")
+    if train.quantization_bit and device != "cuda" and not (train.quantization_bit == 4 and build.cpu_4bit_available()):
+        raise UserError(f"{plan.where}: {train.quantization_bit}-bit loading (bitsandbytes) needs a CUDA GPU.",
+                        "Apply this plan on a machine with an NVIDIA GPU, or re-plan without quantization.")
+    if init == "random":
+        if train.quantization_bit:
+            notes.append("random weights written to a temporary folder so bitsandbytes can quantize them on load")
         # runner.build refuses bitsandbytes optimizers for the CPU oracles; the optimizer is not part of the build.
-        model = build.build_model(spec, train.with_(optim="adamw_torch"), device="cpu" if deepspeed else target,
-                                  dtype=dtype, attn=attn)
-        return model, None
-    tmp = None
-    if init == "random":  # bitsandbytes quantizes while loading: write random weights, then load them
-        tmp = tempfile.mkdtemp(prefix="vramplan-random-")
-        cfg = build.transformers_config(spec)
-        AutoModelForCausalLM.from_config(cfg, dtype=dtype).save_pretrained(tmp)
-        source = tmp
-        notes.append("random weights written to a temporary folder so bitsandbytes can quantize them on load")
-    else:
-        source = _model_source(plan, spec)
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn, "use_safetensors": True,
-                              "trust_remote_code": False}
-    if train.quantization_bit:
-        if device != "cuda" and not (train.quantization_bit == 4 and build.cpu_4bit_available()):
-            raise UserError(f"{plan.where}: {train.quantization_bit}-bit loading (bitsandbytes) needs a CUDA GPU.",
-                            "Apply this plan on a machine with an NVIDIA GPU, or re-plan without quantization.")
-        kwargs["quantization_config"] = _quantization_config(train)
-    if not deepspeed:
-        kwargs["device_map"] = {"": target}
+        return build.build_model(spec, train.with_(optim="adamw_torch"), device=target, attn=attn), None
+    source = _model_source(plan, spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        return build.load_pretrained(source, spec, train, device=target, attn=attn), source
     except OSError as exc:
         raise UserError(f"--init pretrained: cannot load weights from {source} ({exc}).",
                         "Use a folder with *.safetensors weights, or --init random to measure without them.") from None
@@ -164,11 +113,6 @@ def load_model(plan: PlanFile, spec: ModelSpec, train: TrainConfig, *, init: str
         raise UserError(f"--init pretrained: transformers cannot load {source} without running its remote code "
                         f"({str(exc).splitlines()[0]}).",
                         "vramplan never runs remote code; --init random measures the same shapes.") from None
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    model.config.use_cache = False
-    return _apply_method(model, spec, train), (None if init == "random" else source)
 
 
 def load_tokenizer(source: str | None, spec: ModelSpec):
@@ -216,7 +160,7 @@ def run_training(plan: PlanFile, spec: ModelSpec, setup: GpuSetup, *, out_dir: P
     if device == "cuda":
         torch.cuda.set_device(local_rank)
     attn = _attn(spec, train, device, notes)
-    _apply_liger(spec, train, device, notes)
+    build.apply_liger(spec, train, device, notes)
     training = plan.training
     seed = int(training.get("seed") or 0)
     rows, data_note = load_samples(plan, spec, synthetic=synthetic, seed=seed)

@@ -153,7 +153,7 @@ def test_what_only_runs_on_a_gpu_is_refused(changes):
 
 def test_4bit_runs_on_the_cpu_and_only_there():
     """bitsandbytes >= 0.48 runs NF4 on the CPU: the oracle measures QLoRA (tests/runner/test_gates.py); a
-    k-bit build for another device still says it needs the CUDA path (benchmarks/cuda_build.py swaps layers)."""
+    k-bit load for another device still says it needs the CUDA path (build_model(kbit="swap") swaps layers)."""
     from runner.build import cpu_4bit_available
 
     if not cpu_4bit_available():

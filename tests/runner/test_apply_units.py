@@ -136,7 +136,7 @@ def test_runlog_appends_json_lines(tmp_path, monkeypatch):
 
 
 def test_next_smaller_picks_the_first_change_that_fits_with_margin(monkeypatch):
-    monkeypatch.setattr("runner.oom._liger_supported", lambda spec: True)  # importing liger imports torch
+    monkeypatch.setattr("runner.build.liger_supported", lambda spec: True)  # importing liger imports torch
     setup = GpuSetup(GpuSpec(name="card", memory_bytes=100, vendor="generic"))
     train = TrainConfig(per_device_train_batch_size=4, gradient_checkpointing=False)
     labels = [label for label, _ in candidates(SPEC, train, device="cpu")]

@@ -1,6 +1,6 @@
 """Every decoder-only type of transformers' own causal-LM mapping plans with exact parameter counts.
 
-Walks MODEL_FOR_CAUSAL_LM_MAPPING_NAMES (less encoder and encoder-decoder types, runner.generic._causal_types),
+Walks MODEL_FOR_CAUSAL_LM_MAPPING_NAMES (less encoder and encoder-decoder types, runner.generic.causal_types),
 builds each type's default config on the meta device with transformers alone, writes it as config.json and
 resolves it the way `plan --model DIR` does (the analytic model when the family has one, else the generic
 path). Skipped types are listed with their reason (`pytest -rs`): the default config transformers itself
@@ -20,9 +20,9 @@ pytest.importorskip("peft")
 
 
 def _types() -> list[str]:
-    from runner.generic import _causal_types
+    from runner.generic import causal_types
 
-    return sorted(_causal_types())
+    return sorted(causal_types())
 
 
 def _default_build(model_type: str):
@@ -52,12 +52,12 @@ def test_default_config_plans_exactly(model_type, tmp_path):
     from planner.model.config_compat import language_config
     from planner.model.params import count_params
     from planner.model.resolve import resolve_model
-    from runner.generic import _causal_types
+    from runner.generic import causal_types
 
     cfg, total = _default_build(model_type)
     config = cfg.to_dict()
     lm, wrapper = language_config(config)
-    if wrapper and lm["model_type"] not in _causal_types():
+    if wrapper and lm["model_type"] not in causal_types():
         pytest.skip(f"{model_type}: image-text wrapper whose language model ({lm['model_type']}) has no "
                     "causal-LM class of its own; not planned yet")
     (tmp_path / "config.json").write_text(json.dumps(config, default=str))

@@ -1,18 +1,14 @@
-"""Fixtures for the search tests: the memory model's estimator and a synthetic dataset.
+"""Fixtures for the search and export tests: the memory model's estimator and a synthetic dataset.
 
 Every assertion holds for any estimator whose peak grows with the micro batch and the cutoff.
+search_helpers sits beside this file, so the tests below import it by name (pytest puts a conftest's
+folder on the import path).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import search_helpers  # noqa: E402
+import search_helpers
 
 
 @pytest.fixture(scope="session")
