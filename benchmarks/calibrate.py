@@ -29,10 +29,10 @@ from benchmarks.predict import PREDICTORS, predict_tensors
 from planner.errors import UserError
 from planner.hardware.calibration import CalibrationFile
 from planner.hardware.calibration_fit import fit_overheads, point_from_record
+from planner.units import GIB
 
 ROOT = Path(__file__).resolve().parents[1]
 
-GIB = 1 << 30
 KEEP = ("config", "status", "error", "device", "gpu", "stack", "model", "tokens", "hidden_size", "micro_batches",
         "peak", "phases", "context", "timing", "notes", "predicted")
 

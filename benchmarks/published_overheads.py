@@ -25,12 +25,12 @@ from pathlib import Path
 
 from planner.hardware.gpus import parse_gpu
 from planner.memory.overheads import default_overheads
+from planner.units import GIB
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PAIRS = ROOT / "benchmarks" / "results" / "published-pairs.csv"
 OUT = ROOT / "benchmarks" / "results" / "published.md"
-GIB = 1 << 30
 WORST_UNDER = -0.03
 MEDIAN_ABS = 0.05
 # configs vramplan can plan exactly as published (fms-acceleration scenarios.yaml + defaults.yaml: fp16

@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-GIB = 1 << 30
+from planner.units import GIB
+
 UNDER_TOLERANCE = 0.03  # an under-prediction beyond 3% is the failure that costs a crash (OOM)
 
 # Plot colours: vramplan first, then each anchor.

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-GIB = 1 << 30
+from planner.units import GIB
+
 FILL = 0.85  # never reserve more than this share of the card for running cases together
 MIN_START_S = 35.0  # no new job with less time than this left before the deadline
 _PRINT = threading.Lock()

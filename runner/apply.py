@@ -21,7 +21,6 @@ from planner.errors import UserError
 from planner.exports.plan_file import PlanFile, pin_data_paths
 from planner.exports.writer import EXPORT_FILES  # what `plan --out` writes: the plan, not a run's results
 
-GIB = 1 << 30
 MAX_ATTEMPTS = 4
 
 

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from planner.units import GIB
 from runner.measure import CpuProbe, CudaProbe
 from runner.report import compare, device_info, stack_info
 from runner.runlog import append_run
 
-GIB = 1 << 30
 log = logging.getLogger("vramplan")
 # measured key -> what the drift check calls it, most telling first (the device peak is what runs out)
 DRIFT_KEYS = (("peak_device_bytes", "device peak (NVML)"), ("peak_reserved_bytes", "reserved peak"),

@@ -20,8 +20,8 @@ from typing import Any
 
 from planner import __version__
 from planner.model.params import count_params
+from planner.units import GIB
 
-GIB = 1 << 30
 # measured key -> key of MemoryBreakdown.to_json() holding the same quantity
 TOP_KEYS = {"peak_tensor_bytes": "peak_tensor_bytes", "peak_reserved_bytes": "peak_reserved_bytes",
             "peak_device_bytes": "peak_bytes"}
