@@ -33,7 +33,7 @@ def head_fwd(t: Tape, S: Shape, x: str, norm_wt: bool, head_wt: bool) -> HeadRun
     V, cl = S.vocab, S.cl
     n, nsv = norm_fwd(t, S, x, S.cr, True, norm_wt, True)
     t.drop(x)
-    xd = S.cn if not S.gemma else S.cr
+    xd = S.cr if (S.gemma or S.olmo_norm) else S.cn
     lm = Saved()
     loss = Saved()
     if S.liger:
@@ -59,6 +59,10 @@ def head_fwd(t: Tape, S: Shape, x: str, norm_wt: bool, head_wt: bool) -> HeadRun
         logits = t.new("logits", tk(cl * V))
         lm.put(t, "x", n, head_wt)
     # n stays referenced by `hidden_states` / outputs.last_hidden_state until the forward returns
+    if S.multipliers:  # Granite: logits / logits_scaling (a scalar: nothing saved)
+        scaled = t.new("logits_scaled", tk(cl * V))
+        t.drop(logits)
+        logits = scaled
     tanh = None
     if S.final_softcap:  # logits / cap; tanh (saved); * cap
         d = t.new("logits_div", tk(cl * V))
@@ -83,7 +87,7 @@ def head_fwd(t: Tape, S: Shape, x: str, norm_wt: bool, head_wt: bool) -> HeadRun
 def head_bwd(t: Tape, S: Shape, run: HeadRun, norm_wt: bool, head_wt: bool) -> str:
     """Backward from the loss to the last layer's output gradient."""
     V, cl, h = S.vocab, S.cl, S.h
-    xd = S.cn if not S.gemma else S.cr
+    xd = S.cr if (S.gemma or S.olmo_norm) else S.cn
     if S.liger:
         if head_wt:
             pgrad(t, S, S.w * V * h)
@@ -107,6 +111,10 @@ def head_bwd(t: Tape, S: Shape, run: HeadRun, norm_wt: bool, head_wt: bool) -> s
                 if step == "g_tanh":
                     t.drop(run.tanh)
                 gl = nxt
+        if S.multipliers:  # the division's backward
+            gs = t.new("g_logits_scaled", tk(cl * V))
+            t.drop(gl)
+            gl = gs
         head = Proj("lm_head", h, V, False)
         g = linear_bwd(t, S, head, gl, run.lm_head, xd, cl, True, head_wt)
     return norm_bwd(t, S, g, run.norm, S.cr, xd, True, norm_wt)
@@ -114,7 +122,7 @@ def head_bwd(t: Tape, S: Shape, run: HeadRun, norm_wt: bool, head_wt: bool) -> s
 
 def embedding_fwd(t: Tape, S: Shape) -> str:
     e = t.new("embeds", tk(S.cr * S.h))
-    if S.gemma:  # Gemma2TextScaledWordEmbedding: * sqrt(hidden_size)
+    if S.embed_scale:  # Gemma*TextScaledWordEmbedding: * sqrt(hidden_size); Granite: * embedding_multiplier
         e2 = t.new("embeds_scaled", tk(S.cr * S.h))
         t.drop(e)
         e = e2
@@ -139,6 +147,6 @@ def rotary_fwd(t: Tape, S: Shape) -> tuple[str, str]:
 
 
 def eager_mask(S: Shape) -> Lin:
-    """The 4-D additive mask eager attention gets (b, 1, s, s) in the embeddings' dtype; Gemma-2 builds
+    """The 4-D additive mask eager attention gets (b, 1, s, s) in the embeddings' dtype; Gemma-2/3 build
     a full and a sliding-window mask."""
-    return Lin(tok_s=float(S.cr * (2 if S.gemma else 1)))
+    return Lin(tok_s=float(S.cr * S.eager_masks))
