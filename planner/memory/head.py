@@ -120,8 +120,15 @@ def head_bwd(t: Tape, S: Shape, run: HeadRun, norm_wt: bool, head_wt: bool) -> s
     return norm_bwd(t, S, g, run.norm, S.cr, xd, True, norm_wt)
 
 
-def embedding_fwd(t: Tape, S: Shape) -> str:
+def embedding_fwd(t: Tape, S: Shape, leaf: bool = False) -> str:
+    """The embeddings' output (scaled where the family scales it). leaf: the output of the frozen
+    embedding is a leaf that requires grad (enable_input_require_grads, LoRA/freeze with checkpointing);
+    Granite scales it outside the embedding module, so the graph's AccumulateGrad node keeps the unscaled
+    leaf alive until backward reaches it (fake-tensor trace of Granite LoRA with checkpointing)."""
     e = t.new("embeds", tk(S.cr * S.h))
+    if leaf and S.multipliers:
+        t.hold(e)
+        t.cache_leaf = e
     if S.embed_scale:  # Gemma*TextScaledWordEmbedding: * sqrt(hidden_size); Granite: * embedding_multiplier
         e2 = t.new("embeds_scaled", tk(S.cr * S.h))
         t.drop(e)
@@ -132,6 +139,11 @@ def embedding_fwd(t: Tape, S: Shape) -> str:
 def embedding_bwd(t: Tape, S: Shape, g: str | None, trainable: bool, tied: bool) -> None:
     """embedding_dense_backward writes a dense V x h gradient; with tied weights it is added into the
     lm_head's gradient (AccumulateGrad), so the new one is a transient."""
+    leaf = getattr(t, "cache_leaf", None)
+    if leaf is not None:  # backward reaches the leaf: its .grad, then the graph lets go of it
+        lg = t.new("embeds_leaf_grad", tk(S.cr * S.h))
+        t.drop(lg, leaf)
+        t.cache_leaf = None
     if g is not None and trainable:
         if tied:  # embedding_dense_backward's dense V x h result, added into the lm_head's .grad
             t.drop(t.new("embed_grad", const(S.w * S.vocab * S.h)))
@@ -142,8 +154,9 @@ def embedding_bwd(t: Tape, S: Shape, g: str | None, trainable: bool, tied: bool)
 
 def rotary_fwd(t: Tape, S: Shape) -> tuple[str, str]:
     """cos and sin (1, s, head_dim) in the embeddings' dtype (position_ids is (1, s) for an unpadded
-    batch), shared by every layer's rotary."""
-    return t.new("cos", Lin(seq=float(S.cr * S.head_dim))), t.new("sin", Lin(seq=float(S.cr * S.head_dim)))
+    batch), shared by every layer's rotary; Gemma 3 computes a pair per layer type, OLMo-2 keeps fp32."""
+    b = (4 if S.rope_fp32 else S.cr) * S.rope_pairs
+    return t.new("cos", Lin(seq=float(b * S.head_dim))), t.new("sin", Lin(seq=float(b * S.head_dim)))
 
 
 def eager_mask(S: Shape) -> Lin:

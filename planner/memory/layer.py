@@ -75,10 +75,15 @@ def attention_fwd(t: Tape, S: Shape, run: LayerRun, x: str, x_dtype: int, x_rg: 
         t.drop(qh, kh)
         qh, kh = qn, kn
         run.dtypes["q_rg"], run.dtypes["k_rg"] = int(qrg), int(krg)
-    # under autocast, q * cos promotes to the fp32 of cos/sin (computed in the embeddings' dtype)
-    rc = 4 if S.amp else c
+    # under autocast, q * cos promotes to the fp32 of cos/sin (computed in the embeddings' dtype);
+    # OLMo-2 keeps cos/sin in fp32 and casts the rotated q/k back (`q_embed.to(q_type)`)
+    rc = 4 if S.amp or S.rope_fp32 else c
     qr = _rope_fwd(t, S.q, c, qh, rc)
     kr = _rope_fwd(t, S.kv, c, kh, rc)
+    if S.rope_fp32:
+        q16, k16 = t.new("q_cast", tk(c * S.q)), t.new("k_cast", tk(c * S.kv))
+        t.drop(qr, kr)
+        qr, kr = q16, k16
     core = Saved()
     # autograd records the attention only when q, k or v requires grad
     core_rg = x_rg or wt or any(p.lora for p in projs[:-1])
@@ -132,7 +137,7 @@ def attention_fwd(t: Tape, S: Shape, run: LayerRun, x: str, x_dtype: int, x_rg: 
         # The CPU oracle runs _scaled_dot_product_flash_attention_for_cpu, which saves the same set as
         # CUDA flash (plus a few bytes of RNG state there). Not modeled: CUDA mem-efficient attention pads
         # the logsumexp to 32 rows. fp32 + GQA on CUDA runs the math kernel: S.attn == "math" above.
-        if S.amp:  # autocast casts the fp32 rotary outputs back to the compute dtype
+        if S.amp and not S.rope_fp32:  # autocast casts the fp32 rotary outputs back to the compute dtype
             q16, k16 = t.new("q_cast", tk(c * S.q)), t.new("k_cast", tk(c * S.kv))
             t.drop(qr, kr)
             qr, kr = q16, k16
@@ -203,14 +208,15 @@ def attention_bwd(t: Tape, S: Shape, run: LayerRun, g: str, x_dtype: int, x_rg: 
         gv = t.new("g_v", tk(c * S.kv))
         t.drop(go)
         core.release(t)
-    if S.amp:  # back through the casts to the fp32 rotary outputs
+    rope32 = S.amp or S.rope_fp32
+    if rope32:  # back through the casts to the fp32 rotary outputs
         gq32, gk32 = t.new("g_q32", tk(4 * S.q)), t.new("g_k32", tk(4 * S.kv))
         t.drop(gq, gk)
         gq, gk = gq32, gk32
-    rc = 4 if S.amp else c
+    rc = 4 if rope32 else c
     gk = _rope_bwd(t, S.kv, rc, gk)
     gq = _rope_bwd(t, S.q, rc, gq)
-    if S.amp:
+    if rope32:
         gq16, gk16 = t.new("g_q16", tk(c * S.q)), t.new("g_k16", tk(c * S.kv))
         t.drop(gq, gk)
         gq, gk = gq16, gk16

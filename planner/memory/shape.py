@@ -75,6 +75,8 @@ class Shape:
     embed_scale: bool = False  # embeddings * a scalar, a new tensor (Gemma sqrt(h), Granite multiplier)
     multipliers: bool = False  # Granite: residual branches * residual_multiplier, logits / logits_scaling
     eager_masks: int = 1  # 4-D masks eager attention gets
+    rope_fp32: bool = False  # rotary in fp32 (fp32 cos/sin), outputs cast back to the compute dtype
+    rope_pairs: int = 1  # cos/sin pairs the model computes once per step (Gemma 3: one per layer type)
 
 
 def check_lora_targets(spec: ModelSpec, targets: tuple[str, ...]) -> None:
@@ -134,6 +136,16 @@ def sdpa_falls_back_to_math(spec: ModelSpec, attn: str, c: int, device: str) -> 
     The CPU's flash kernel takes fp32 and GQA, so the CPU oracles never see this.
     """
     return device == "cuda" and attn == "sdpa" and c == 4 and spec.num_kv_heads < spec.num_heads
+
+
+def _layer_type_count(spec: ModelSpec) -> int:
+    """Distinct attention layer types: config.json's layer_types, else Gemma 3's default pattern (every
+    sliding_window_pattern-th layer global, transformers Gemma3TextConfig)."""
+    types = spec.config.get("layer_types")
+    if not types:
+        pattern = int(spec.config.get("sliding_window_pattern") or 6)
+        types = ["full" if (i + 1) % pattern == 0 else "sliding" for i in range(spec.num_layers)]
+    return len(set(types))
 
 
 @lru_cache(maxsize=2048)
@@ -204,5 +216,6 @@ def layer_shape(spec: ModelSpec, train: TrainConfig, device: str, grad_scale: fl
         grad_scale=grad_scale, grads_resident=grads_resident,
         olmo_norm=arch.norm == "olmo", pre_norms=arch.pre_norms, post_norms=arch.post_norms,
         qk_norm_full=arch.qk_norm_full, embed_scale=arch.embed_scale or arch.multipliers,
-        multipliers=arch.multipliers, eager_masks=arch.eager_masks,
+        multipliers=arch.multipliers, eager_masks=arch.eager_masks, rope_fp32=arch.rope_fp32 and c != 4,
+        rope_pairs=_layer_type_count(spec) if arch.rope_per_layer_type else 1,
     )

@@ -42,6 +42,8 @@ class Arch:
     # (attn_logit_softcapping, final_logit_softcapping) when config.json leaves them out; None: never
     softcap: tuple[float | None, float | None] | None = None
     eager_masks: int = 1  # 4-D masks eager attention builds (Gemma-2/3: a full and a sliding one)
+    rope_fp32: bool = False  # OLMo-2: fp32 cos/sin, q/k rotated in fp32 then cast back (.to(q_type))
+    rope_per_layer_type: bool = False  # Gemma 3: one cos/sin pair per layer type (local and global theta)
     default_attn: str = "sdpa"
     counted_as: str | None = None  # remote-code families counted (and built in tests) as this transformers type
     lora_names: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -68,10 +70,14 @@ ARCHS: dict[str, Arch] = {
     # with global ones (layer_types; no parameters of their own), soft-capping off unless configured
     "gemma3_text": Arch(qkv_bias="attention_bias", o_bias="attention_bias", norms_per_layer=4, qk_norm=True,
                         norm="gemma", post_norms=True, embed_scale=True, softcap=(None, None), eager_masks=2,
-                        defaults=(("head_dim", 256), ("tie_word_embeddings", True), ("sliding_window", 4096))),
+                        rope_per_layer_type=True,
+                        # Gemma3TextConfig defaults: the 4B's text_config states none of these
+                        defaults=(("head_dim", 256), ("tie_word_embeddings", True), ("sliding_window", 4096),
+                                  ("vocab_size", 262208), ("num_attention_heads", 8), ("num_key_value_heads", 4),
+                                  ("max_position_embeddings", 131072), ("query_pre_attn_scalar", 256))),
     # OLMo-2: no input norms; norms on the attention and MLP outputs; q/k norms over the whole projection
     "olmo2": Arch(qkv_bias="attention_bias", o_bias="attention_bias", qk_norm=True, qk_norm_full=True,
-                  norm="olmo", pre_norms=False, post_norms=True),
+                  norm="olmo", pre_norms=False, post_norms=True, rope_fp32=True),
     # Granite 3.x: Llama layout; scalar multipliers on the embeddings, the residual branches and the logits
     "granite": Arch(qkv_bias="attention_bias", o_bias="attention_bias", mlp_bias="mlp_bias", multipliers=True),
     # SmolLM3: Llama layout; every 4th layer skips the rotary (no_rope_layers: no parameters, and the
