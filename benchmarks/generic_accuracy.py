@@ -3,8 +3,10 @@
 For each family's default config (transformers' own), the planner's estimate (fitted traces of a
 shortened copy, scaled to full depth and to the length) is compared with runner.simulate's trace of the
 complete model at a length the fit never traced, per phase. Writes benchmarks/results/generic-accuracy.json.
+`--path analytic` checks the torch-free analytic model of families that have one the same way
+(benchmarks/results/analytic-accuracy.json).
 
-    python -m benchmarks.generic_accuracy [--families olmo2,granite] [--seq 2048]
+    python -m benchmarks.generic_accuracy [--families olmo2,granite] [--seq 2048] [--path generic|analytic]
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="olmo2,granite")
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "generic-accuracy.json")
+    parser.add_argument("--path", choices=("generic", "analytic"), default="generic")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    args.out = args.out or Path(__file__).parent / "results" / f"{args.path}-accuracy.json"
 
     from transformers import AutoConfig
 
     from planner.hardware.gpus import resolve_setup
     from planner.memory import estimate_memory
+    from planner.model.generic import generic_spec
     from planner.model.resolve import resolve_model
     from planner.train_config import TrainConfig
     from runner.accounting import stack_versions
@@ -40,8 +45,13 @@ def main() -> None:
         for family in args.families.split(","):
             folder = Path(tmp) / family
             folder.mkdir()
-            (folder / "config.json").write_text(json.dumps(AutoConfig.for_model(family).to_dict(), default=str))
-            spec = resolve_model(str(folder))
+            config = AutoConfig.for_model(family).to_dict()
+            (folder / "config.json").write_text(json.dumps(config, default=str))
+            if args.path == "generic":  # the module tree, also for families with an analytic model
+                spec = generic_spec(json.loads(json.dumps(config, default=str)), name=family, source_dir=folder)
+            else:
+                spec = resolve_model(str(folder))
+                assert spec.generic is None, f"{family} has no analytic model"
             for method, gc in CASES:
                 kw = {"dtype": "fp32", "amp": "bf16"} if method == "full" else {}
                 train = TrainConfig(finetuning_type=method, gradient_checkpointing=gc, cutoff_len=args.seq,
@@ -50,7 +60,8 @@ def main() -> None:
                 mb = estimate_memory(spec, train, setup)
                 fit_s = time.perf_counter() - started
                 sim = simulate_step(spec, train, batch_size=1, seq_len=args.seq)
-                row = {"family": family, "params": spec.generic.count if spec.generic else None, "method": method,
+                row = {"family": family, "path": args.path,
+                       "params": spec.generic.count if spec.generic else None, "method": method,
                        "dtype": train.dtype, "amp": train.amp, "gradient_checkpointing": gc, "seq_len": args.seq,
                        "predicted_peak": mb.peak_tensor_bytes, "traced_peak": sim.peak_tensor_bytes,
                        "peak_error_pct": round(100 * (mb.peak_tensor_bytes / sim.peak_tensor_bytes - 1), 3),

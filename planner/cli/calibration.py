@@ -3,7 +3,7 @@
     plan calibrate --from-log ~/.local/share/vramplan/runs.jsonl
     plan calibrate                      # uses the default run log
 
-Measuring a card from scratch needs torch and a GPU: `python benchmarks/calibrate.py` (it writes
+Measuring a card from scratch needs torch and a GPU: `python -m benchmarks.calibrate` (it writes
 profiles/calibration/<gpu>-<stack>.json); this command only refits from logged runs.
 """
 

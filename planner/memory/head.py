@@ -33,7 +33,7 @@ def head_fwd(t: Tape, S: Shape, x: str, norm_wt: bool, head_wt: bool) -> HeadRun
     V, cl = S.vocab, S.cl
     n, nsv = norm_fwd(t, S, x, S.cr, True, norm_wt, True)
     t.drop(x)
-    xd = S.cn if not S.gemma else S.cr
+    xd = S.cr if (S.gemma or S.olmo_norm) else S.cn
     lm = Saved()
     loss = Saved()
     if S.liger:
@@ -59,6 +59,10 @@ def head_fwd(t: Tape, S: Shape, x: str, norm_wt: bool, head_wt: bool) -> HeadRun
         logits = t.new("logits", tk(cl * V))
         lm.put(t, "x", n, head_wt)
     # n stays referenced by `hidden_states` / outputs.last_hidden_state until the forward returns
+    if S.multipliers:  # Granite: logits / logits_scaling (a scalar: nothing saved)
+        scaled = t.new("logits_scaled", tk(cl * V))
+        t.drop(logits)
+        logits = scaled
     tanh = None
     if S.final_softcap:  # logits / cap; tanh (saved); * cap
         d = t.new("logits_div", tk(cl * V))
@@ -83,7 +87,7 @@ def head_fwd(t: Tape, S: Shape, x: str, norm_wt: bool, head_wt: bool) -> HeadRun
 def head_bwd(t: Tape, S: Shape, run: HeadRun, norm_wt: bool, head_wt: bool) -> str:
     """Backward from the loss to the last layer's output gradient."""
     V, cl, h = S.vocab, S.cl, S.h
-    xd = S.cn if not S.gemma else S.cr
+    xd = S.cr if (S.gemma or S.olmo_norm) else S.cn
     if S.liger:
         if head_wt:
             pgrad(t, S, S.w * V * h)
@@ -107,14 +111,25 @@ def head_bwd(t: Tape, S: Shape, run: HeadRun, norm_wt: bool, head_wt: bool) -> s
                 if step == "g_tanh":
                     t.drop(run.tanh)
                 gl = nxt
+        if S.multipliers:  # the division's backward
+            gs = t.new("g_logits_scaled", tk(cl * V))
+            t.drop(gl)
+            gl = gs
         head = Proj("lm_head", h, V, False)
         g = linear_bwd(t, S, head, gl, run.lm_head, xd, cl, True, head_wt)
     return norm_bwd(t, S, g, run.norm, S.cr, xd, True, norm_wt)
 
 
-def embedding_fwd(t: Tape, S: Shape) -> str:
+def embedding_fwd(t: Tape, S: Shape, leaf: bool = False) -> str:
+    """The embeddings' output (scaled where the family scales it). leaf: the output of the frozen
+    embedding is a leaf that requires grad (enable_input_require_grads, LoRA/freeze with checkpointing);
+    Granite scales it outside the embedding module, so the graph's AccumulateGrad node keeps the unscaled
+    leaf alive until backward reaches it (fake-tensor trace of Granite LoRA with checkpointing)."""
     e = t.new("embeds", tk(S.cr * S.h))
-    if S.gemma:  # Gemma2TextScaledWordEmbedding: * sqrt(hidden_size)
+    if leaf and S.multipliers:
+        t.hold(e)
+        t.cache_leaf = e
+    if S.embed_scale:  # Gemma*TextScaledWordEmbedding: * sqrt(hidden_size); Granite: * embedding_multiplier
         e2 = t.new("embeds_scaled", tk(S.cr * S.h))
         t.drop(e)
         e = e2
@@ -122,11 +137,20 @@ def embedding_fwd(t: Tape, S: Shape) -> str:
 
 
 def embedding_bwd(t: Tape, S: Shape, g: str | None, trainable: bool, tied: bool) -> None:
-    """embedding_dense_backward writes a dense V x h gradient; with tied weights it is added into the
-    lm_head's gradient (AccumulateGrad), so the new one is a transient."""
+    """embedding_dense_backward writes a dense V x h gradient; with tied weights AccumulateGrad adds it to
+    the lm_head's .grad out of place (.grad + new, then the old .grad goes): for a moment the weight has
+    three V x h gradients (fake-tensor trace of tied Llama full fine-tuning at 16 tokens, where this is
+    the backward peak: 2 x the weight dtype x V x h of temporaries)."""
+    leaf = getattr(t, "cache_leaf", None)
+    if leaf is not None:  # backward reaches the leaf: its .grad, then the graph lets go of it
+        lg = t.new("embeds_leaf_grad", tk(S.cr * S.h))
+        t.drop(lg, leaf)
+        t.cache_leaf = None
     if g is not None and trainable:
-        if tied:  # embedding_dense_backward's dense V x h result, added into the lm_head's .grad
-            t.drop(t.new("embed_grad", const(S.w * S.vocab * S.h)))
+        if tied:  # the dense result and the sum that replaces the lm_head's .grad (same size)
+            dense = t.new("embed_grad", const(S.w * S.vocab * S.h))
+            total = t.new("grad_sum", const(S.w * S.vocab * S.h * S.grad_scale))
+            t.drop(dense, total)
         else:
             pgrad(t, S, S.w * S.vocab * S.h)
     t.drop(g)
@@ -134,11 +158,12 @@ def embedding_bwd(t: Tape, S: Shape, g: str | None, trainable: bool, tied: bool)
 
 def rotary_fwd(t: Tape, S: Shape) -> tuple[str, str]:
     """cos and sin (1, s, head_dim) in the embeddings' dtype (position_ids is (1, s) for an unpadded
-    batch), shared by every layer's rotary."""
-    return t.new("cos", Lin(seq=float(S.cr * S.head_dim))), t.new("sin", Lin(seq=float(S.cr * S.head_dim)))
+    batch), shared by every layer's rotary; Gemma 3 computes a pair per layer type, OLMo-2 keeps fp32."""
+    b = (4 if S.rope_fp32 else S.cr) * S.rope_pairs
+    return t.new("cos", Lin(seq=float(b * S.head_dim))), t.new("sin", Lin(seq=float(b * S.head_dim)))
 
 
 def eager_mask(S: Shape) -> Lin:
-    """The 4-D additive mask eager attention gets (b, 1, s, s) in the embeddings' dtype; Gemma-2 builds
+    """The 4-D additive mask eager attention gets (b, 1, s, s) in the embeddings' dtype; Gemma-2/3 build
     a full and a sliding-window mask."""
-    return Lin(tok_s=float(S.cr * (2 if S.gemma else 1)))
+    return Lin(tok_s=float(S.cr * S.eager_masks))

@@ -68,15 +68,22 @@ def attention_fwd(t: Tape, S: Shape, run: LayerRun, x: str, x_dtype: int, x_rg: 
     if S.qk_norm:  # Qwen3: q_norm / k_norm over head_dim (saved like any RMSNorm), then the rotary
         qrg = x_rg or wt or projs[0].lora
         krg = x_rg or wt or projs[1].lora
-        qn, run.saved["q_norm"] = norm_fwd(t, S, qh, c, qrg, wt, save, width=S.q, rows=H)
-        kn, run.saved["k_norm"] = norm_fwd(t, S, kh, c, krg, wt, save, width=S.kv, rows=S.kv_heads)
+        # OLMo-2 normalizes the whole projection (one row per token), Qwen3 / Gemma-3 each head
+        qrows, krows = (1, 1) if S.qk_norm_full else (H, S.kv_heads)
+        qn, run.saved["q_norm"] = norm_fwd(t, S, qh, c, qrg, wt, save, width=S.q, rows=qrows)
+        kn, run.saved["k_norm"] = norm_fwd(t, S, kh, c, krg, wt, save, width=S.kv, rows=krows)
         t.drop(qh, kh)
         qh, kh = qn, kn
         run.dtypes["q_rg"], run.dtypes["k_rg"] = int(qrg), int(krg)
-    # under autocast, q * cos promotes to the fp32 of cos/sin (computed in the embeddings' dtype)
-    rc = 4 if S.amp else c
+    # under autocast, q * cos promotes to the fp32 of cos/sin (computed in the embeddings' dtype);
+    # OLMo-2 keeps cos/sin in fp32 and casts the rotated q/k back (`q_embed.to(q_type)`)
+    rc = 4 if S.amp or S.rope_fp32 else c
     qr = _rope_fwd(t, S.q, c, qh, rc)
     kr = _rope_fwd(t, S.kv, c, kh, rc)
+    if S.rope_fp32:
+        q16, k16 = t.new("q_cast", tk(c * S.q)), t.new("k_cast", tk(c * S.kv))
+        t.drop(qr, kr)
+        qr, kr = q16, k16
     core = Saved()
     # autograd records the attention only when q, k or v requires grad
     core_rg = x_rg or wt or any(p.lora for p in projs[:-1])
@@ -130,7 +137,7 @@ def attention_fwd(t: Tape, S: Shape, run: LayerRun, x: str, x_dtype: int, x_rg: 
         # The CPU oracle runs _scaled_dot_product_flash_attention_for_cpu, which saves the same set as
         # CUDA flash (plus a few bytes of RNG state there). Not modeled: CUDA mem-efficient attention pads
         # the logsumexp to 32 rows. fp32 + GQA on CUDA runs the math kernel: S.attn == "math" above.
-        if S.amp:  # autocast casts the fp32 rotary outputs back to the compute dtype
+        if S.amp and not S.rope_fp32:  # autocast casts the fp32 rotary outputs back to the compute dtype
             q16, k16 = t.new("q_cast", tk(c * S.q)), t.new("k_cast", tk(c * S.kv))
             t.drop(qr, kr)
             qr, kr = q16, k16
@@ -201,21 +208,24 @@ def attention_bwd(t: Tape, S: Shape, run: LayerRun, g: str, x_dtype: int, x_rg: 
         gv = t.new("g_v", tk(c * S.kv))
         t.drop(go)
         core.release(t)
-    if S.amp:  # back through the casts to the fp32 rotary outputs
+    rope32 = S.amp or S.rope_fp32
+    if rope32:  # back through the casts to the fp32 rotary outputs
         gq32, gk32 = t.new("g_q32", tk(4 * S.q)), t.new("g_k32", tk(4 * S.kv))
         t.drop(gq, gk)
         gq, gk = gq32, gk32
-    rc = 4 if S.amp else c
+    rc = 4 if rope32 else c
     gk = _rope_bwd(t, S.kv, rc, gk)
     gq = _rope_bwd(t, S.q, rc, gq)
-    if S.amp:
+    if rope32:
         gq16, gk16 = t.new("g_q16", tk(c * S.q)), t.new("g_k16", tk(c * S.kv))
         t.drop(gq, gk)
         gq, gk = gq16, gk16
     if S.qk_norm:
-        gq = norm_bwd(t, S, gq, run.saved["q_norm"], c, S.cn, bool(run.dtypes["q_rg"]), wt, width=S.q, rows=H)
+        qrows, krows = (1, 1) if S.qk_norm_full else (H, S.kv_heads)
+        gq = norm_bwd(t, S, gq, run.saved["q_norm"], c, S.cn, bool(run.dtypes["q_rg"]), wt, width=S.q,
+                      rows=qrows)
         gk = norm_bwd(t, S, gk, run.saved["k_norm"], c, S.cn, bool(run.dtypes["k_rg"]), wt, width=S.kv,
-                      rows=S.kv_heads)
+                      rows=krows)
     grads = []
     if len(projs) == 2:  # fused qkv: one gradient of the fused output (cat of the three)
         gqkv = t.new("g_qkv", tk(c * (S.q + 2 * S.kv)))
@@ -317,6 +327,37 @@ def mlp_bwd(t: Tape, S: Shape, run: LayerRun, g: str, x_dtype: int, x_rg: bool, 
     return gx
 
 
+def _proj_in_dtype(S: Shape) -> int:
+    """Dtype of what the projections read: a Llama norm's output (S.cn), a Gemma/OLMo norm's output
+    (type_as its input: the residual stream), or the residual stream itself (OLMo-2: no input norms)."""
+    return S.cn if S.pre_norms and not (S.gemma or S.olmo_norm) else S.cr
+
+
+def _branch_out(t: Tape, S: Shape, run: LayerRun, y: str, y_rg: bool, wt: bool, save: bool, name: str) -> str:
+    """What a branch adds to the residual stream: the post norm (Gemma-2/3, OLMo-2) and Granite's
+    residual multiplier (`hidden_states * residual_multiplier`, a new tensor; a scalar saves nothing)."""
+    if S.post_norms:
+        p, run.saved[name] = norm_fwd(t, S, y, S.c, y_rg, wt, save)
+        t.drop(y)
+        y = p
+    if S.multipliers:
+        m = t.new("resid_scaled", tk(S.c * S.h))
+        t.drop(y)
+        y = m
+    return y
+
+
+def _branch_bwd(t: Tape, S: Shape, run: LayerRun, g: str, y_rg: bool, wt: bool, name: str) -> str | None:
+    """Backward of _branch_out: consumes g (the residual's gradient, held by the caller)."""
+    if S.multipliers:
+        gm = t.new("g_resid_scaled", tk(S.cr * S.h))
+        t.drop(g)
+        g = gm
+    if S.post_norms:
+        g = norm_bwd(t, S, g, run.saved[name], S.c, S.c, y_rg, wt)
+    return g
+
+
 def layer_fwd(t: Tape, S: Shape, x: str, x_rg: bool, wt: bool, save: bool) -> tuple[str, LayerRun]:
     """Decoder layer forward from input x (residual dtype). Returns (output key, run).
 
@@ -324,29 +365,35 @@ def layer_fwd(t: Tape, S: Shape, x: str, x_rg: bool, wt: bool, save: bool) -> tu
     a projection's output when its input does, its weight trains or a LoRA adapter wraps it."""
     run = LayerRun()
     rg = run.dtypes
-    cr, c = S.cr, S.c
-    xd = S.cn if not S.gemma else cr  # dtype of the norm outputs the projections read
-    n1, run.saved["ln1"] = norm_fwd(t, S, x, cr, x_rg, wt, save)
-    rg["n1_rg"] = int(x_rg or wt)
+    cr = S.cr
+    xd = _proj_in_dtype(S)
+    if S.pre_norms:
+        n1, run.saved["ln1"] = norm_fwd(t, S, x, cr, x_rg, wt, save)
+        rg["n1_rg"] = int(x_rg or wt)
+    else:  # OLMo-2: attention reads the residual stream
+        n1 = x
+        t.hold(n1)
+        rg["n1_rg"] = int(x_rg)
     a = attention_fwd(t, S, run, n1, xd, bool(rg["n1_rg"]), wt, save)
     t.drop(n1)
     a_rg = bool(rg["core_rg"]) or S.attn_projs[-1].lora or wt
-    if S.gemma:
-        p1, run.saved["ln_post_attn"] = norm_fwd(t, S, a, c, a_rg, wt, save)
-        t.drop(a)
-        a = p1
+    a = _branch_out(t, S, run, a, a_rg, wt, save, "ln_post_attn")
     rg["a_rg"] = int(a_rg)
     h1 = t.new("resid1", tk(cr * S.h))
     t.drop(a)
     rg["h1_rg"] = int(x_rg or a_rg)
-    n2, run.saved["ln2"] = norm_fwd(t, S, h1, cr, bool(rg["h1_rg"]), wt, save)
-    m = mlp_fwd(t, S, run, n2, xd, bool(rg["h1_rg"]) or wt, wt, save)
+    if S.pre_norms:
+        n2, run.saved["ln2"] = norm_fwd(t, S, h1, cr, bool(rg["h1_rg"]), wt, save)
+        m_in_rg = bool(rg["h1_rg"]) or wt
+    else:
+        n2 = h1
+        t.hold(n2)
+        m_in_rg = bool(rg["h1_rg"])
+    rg["m_in_rg"] = int(m_in_rg)
+    m = mlp_fwd(t, S, run, n2, xd, m_in_rg, wt, save)
     t.drop(n2)
-    if S.gemma:
-        rg["mo_rg"] = int(bool(rg["m_rg"]) or S.mlp_projs[-1].lora or wt)
-        p2, run.saved["ln_post_ff"] = norm_fwd(t, S, m, c, bool(rg["mo_rg"]), wt, save)
-        t.drop(m)
-        m = p2
+    rg["mo_rg"] = int(bool(rg["m_rg"]) or S.mlp_projs[-1].lora or wt)
+    m = _branch_out(t, S, run, m, bool(rg["mo_rg"]), wt, save, "ln_post_ff")
     out = t.new("resid2", tk(cr * S.h))
     t.drop(m, h1, run.keep)
     return out, run
@@ -354,26 +401,28 @@ def layer_fwd(t: Tape, S: Shape, x: str, x_rg: bool, wt: bool, save: bool) -> tu
 
 def layer_bwd(t: Tape, S: Shape, run: LayerRun, g: str, x_rg: bool, wt: bool) -> str | None:
     """Backward of layer_fwd; consumes g (the output's gradient). Returns the input's gradient."""
-    cr, c = S.cr, S.c
+    cr = S.cr
     rg = run.dtypes
-    xd = S.cn if not S.gemma else cr
+    xd = _proj_in_dtype(S)
     t.hold(g)  # the residual path passes g on while the MLP branch runs
-    gb = g
-    if S.gemma:
-        gb = norm_bwd(t, S, gb, run.saved["ln_post_ff"], c, c, bool(rg["mo_rg"]), wt)
-    gm = mlp_bwd(t, S, run, gb, xd, bool(rg["h1_rg"]) or wt, wt)
-    gn2 = norm_bwd(t, S, gm, run.saved["ln2"], cr, xd, bool(rg["h1_rg"]), wt)
+    gb = _branch_bwd(t, S, run, g, bool(rg["mo_rg"]), wt, "ln_post_ff")
+    gm = mlp_bwd(t, S, run, gb, xd, bool(rg["m_in_rg"]), wt)
+    if S.pre_norms:
+        gn2 = norm_bwd(t, S, gm, run.saved["ln2"], cr, xd, bool(rg["h1_rg"]), wt)
+    else:
+        gn2 = gm
     if gn2 is not None:  # two gradients reach h1: summed out of place
         gh1 = t.new("g_resid1", tk(cr * S.h))
         t.drop(gn2, g)
     else:
         gh1 = g
     t.hold(gh1)
-    ga = gh1
-    if S.gemma:
-        ga = norm_bwd(t, S, gh1, run.saved["ln_post_attn"], c, c, bool(rg["a_rg"]), wt)
+    ga = _branch_bwd(t, S, run, gh1, bool(rg["a_rg"]), wt, "ln_post_attn")
     gx1 = attention_bwd(t, S, run, ga, xd, bool(rg["n1_rg"]), wt)
-    gx = norm_bwd(t, S, gx1, run.saved["ln1"], cr, xd, x_rg, wt)
+    if S.pre_norms:
+        gx = norm_bwd(t, S, gx1, run.saved["ln1"], cr, xd, x_rg, wt)
+    else:
+        gx = gx1
     if not x_rg:
         t.drop(gx, gh1)
         return None

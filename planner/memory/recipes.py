@@ -48,8 +48,10 @@ def norm_fwd(t: Tape, S: Shape, x: str, x_dtype: int, x_rg: bool, wt: bool, save
     sv.put(t, "x32", x32, save and x_rg)
     sv.put(t, "rstd", r, save and x_rg)
     t.drop(r, x32)
-    if S.gemma:
-        scale = t.new("one_plus_w", const(4 * h))  # (1.0 + self.weight.float()), saved by the mul
+    if S.gemma or S.olmo_norm:
+        # Gemma: x_hat * (1.0 + self.weight.float()), the (1 + w) copy saved by the mul; OLMo-2:
+        # self.weight * x_hat, promoted to fp32 (the weight itself is saved: no new tensor)
+        scale = t.new("one_plus_w", const(4 * h)) if S.gemma else None
         sv.put(t, "scale", scale, save and x_rg)
         sv.put(t, "normed", n, save and wt)
         y = t.new("scaled", tk(4 * h))
@@ -89,9 +91,9 @@ def norm_bwd(t: Tape, S: Shape, g: str, sv: Saved, x_dtype: int, out_dtype: int,
         tmp = t.new("gw_tmp", tk(out_dtype * h))
         pgrad(t, S, S.w * h)
         t.drop(tmp)
-    if S.gemma:
+    if S.gemma or S.olmo_norm:
         if x_dtype != 4:
-            g_in = t.new("g32", tk(4 * h))  # .type_as(x) backward
+            g_in = t.new("g32", tk(4 * h))  # .type_as(x) / .to(dtype) backward
             t.drop(g)
         else:
             g_in = g
@@ -122,11 +124,12 @@ def norm_bwd(t: Tape, S: Shape, g: str, sv: Saved, x_dtype: int, out_dtype: int,
     sv.release(t, "rstd")
     gsq = t.new("g_sq", tk(4 * h))
     t.drop(gve)
+    # pow_backward is one C++ expression, grad * (self.pow(1) * 2): both temporaries live until the
+    # product exists (fake-tensor trace of OLMo-2's post-norm backward, where it sets the peak)
     p1 = t.new("x_pow1", tk(4 * h))
     two = t.new("x_times2", tk(4 * h))
-    t.drop(p1)
     gpow = t.new("g_pow", tk(4 * h))
-    t.drop(two, gsq)
+    t.drop(p1, two, gsq)
     gx32 = t.new("g_x32", tk(4 * h))
     t.drop(gxa, gpow)
     sv.release(t)

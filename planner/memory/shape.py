@@ -53,7 +53,7 @@ class Shape:
     w: int  # bytes of trainable base weights (their gradients have the same dtype)
     mask_b: int  # bytes per element of a dropout mask: the input dtype on CPU, bool (1) on CUDA
     attn: str  # sdpa | eager | flash_attention_2 | math (CUDA SDPA's math kernel: sdpa_falls_back_to_math)
-    gemma: bool  # Gemma-2 layer: 4 norms, (1 + w) RMSNorm in fp32, tanh soft-capping
+    gemma: bool  # Gemma RMSNorm: (1 + w) in fp32, output type_as(x)
     attn_softcap: bool
     final_softcap: bool
     rank: int
@@ -68,6 +68,15 @@ class Shape:
     amp: bool = False  # torch.autocast over fp32 weights: linears cast inputs and weights to `c`
     grad_scale: float = 1.0  # fraction of each parameter gradient this rank keeps (ZeRO-2/3: 1/N)
     grads_resident: bool = False  # gradients exist before backward (accumulation): new ones are transients
+    olmo_norm: bool = False  # OLMo-2 RMSNorm: (w * x_hat) in fp32, then .to(dtype)
+    pre_norms: bool = True  # input norms before attention and MLP
+    post_norms: bool = False  # norms on the attention and MLP outputs
+    qk_norm_full: bool = False  # q/k norms over the whole projection (one row per token)
+    embed_scale: bool = False  # embeddings * a scalar, a new tensor (Gemma sqrt(h), Granite multiplier)
+    multipliers: bool = False  # Granite: residual branches * residual_multiplier, logits / logits_scaling
+    eager_masks: int = 1  # 4-D masks eager attention gets
+    rope_fp32: bool = False  # rotary in fp32 (fp32 cos/sin), outputs cast back to the compute dtype
+    rope_pairs: int = 1  # cos/sin pairs the model computes once per step (Gemma 3: one per layer type)
 
 
 def check_lora_targets(spec: ModelSpec, targets: tuple[str, ...]) -> None:
@@ -129,6 +138,16 @@ def sdpa_falls_back_to_math(spec: ModelSpec, attn: str, c: int, device: str) -> 
     return device == "cuda" and attn == "sdpa" and c == 4 and spec.num_kv_heads < spec.num_heads
 
 
+def _layer_type_count(spec: ModelSpec) -> int:
+    """Distinct attention layer types: config.json's layer_types, else Gemma 3's default pattern (every
+    sliding_window_pattern-th layer global, transformers Gemma3TextConfig)."""
+    types = spec.config.get("layer_types")
+    if not types:
+        pattern = int(spec.config.get("sliding_window_pattern") or 6)
+        types = ["full" if (i + 1) % pattern == 0 else "sliding" for i in range(spec.num_layers)]
+    return len(set(types))
+
+
 @lru_cache(maxsize=2048)
 def layer_shape(spec: ModelSpec, train: TrainConfig, device: str, grad_scale: float = 1.0,
                 grads_resident: bool = False) -> Shape:
@@ -175,7 +194,9 @@ def layer_shape(spec: ModelSpec, train: TrainConfig, device: str, grad_scale: fl
         a = DTYPE_BYTES[train.dtype]
     if lora and train.quantization_bit and not kbit_adapter_fp32(train):
         a = 2  # TRL casts a quantized model's adapters to bf16 (profiles/trainers.yaml kbit_adapter_dtype)
-    gemma = spec.model_type == "gemma2"
+    arch = spec.arch
+    gemma = arch.norm == "gemma"
+    cap_attn, cap_final = arch.softcap or (None, None)
     attn = resolve_attn(spec, train)
     if sdpa_falls_back_to_math(spec, attn, c, device):
         attn = "math"  # saves what eager attention saves (repeated k/v, fp32 probs), without eager's 4-D mask
@@ -185,11 +206,16 @@ def layer_shape(spec: ModelSpec, train: TrainConfig, device: str, grad_scale: fl
         layers=spec.num_layers, c=c, cr=cr, cn=cn, cl=cl, a=a, w=DTYPE_BYTES[train.dtype],
         mask_b=(a if lora else c) if device == "cpu" else 1,
         attn=attn, gemma=gemma,
-        # Gemma2Config defaults: attn_logit_softcapping=50.0, final_logit_softcapping=30.0 (None switches off)
-        attn_softcap=gemma and spec.config.get("attn_logit_softcapping", 50.0) is not None,
-        final_softcap=gemma and spec.config.get("final_logit_softcapping", 30.0) is not None,
+        # Gemma2Config defaults: attn_logit_softcapping=50.0, final_logit_softcapping=30.0 (None switches off);
+        # Gemma3TextConfig: both None
+        attn_softcap=arch.softcap is not None and spec.config.get("attn_logit_softcapping", cap_attn) is not None,
+        final_softcap=arch.softcap is not None and spec.config.get("final_logit_softcapping", cap_final) is not None,
         rank=train.lora_rank, dropout=lora and train.lora_dropout > 0, dora=lora and train.use_dora,
         attn_projs=attn_projs, mlp_projs=mlp_projs, fused_gate_up=len(dense) == 2, device=device,
         liger=train.use_liger_kernel, qk_norm=spec.arch.qk_norm, amp=bool(train.amp and train.dtype == "fp32" and not train.quantization_bit),
         grad_scale=grad_scale, grads_resident=grads_resident,
+        olmo_norm=arch.norm == "olmo", pre_norms=arch.pre_norms, post_norms=arch.post_norms,
+        qk_norm_full=arch.qk_norm_full, embed_scale=arch.embed_scale or arch.multipliers,
+        multipliers=arch.multipliers, eager_masks=arch.eager_masks, rope_fp32=arch.rope_fp32 and c != 4,
+        rope_pairs=_layer_type_count(spec) if arch.rope_per_layer_type else 1,
     )

@@ -86,11 +86,10 @@ def _layer_net(S: Shape, role: LayerRole, gc: bool) -> tuple[Lin, Lin, Lin]:
     base = t.cur
     if gc:
         r_out, run = layer_fwd(t, S, x, role.x_rg, role.wt, save=True)
-        t.drop(r_out)
         t.clear_cache()
     layer_bwd(t, S, run, g, role.x_rg, role.wt)
     if gc:
-        t.drop(x)
+        t.drop(x, r_out)
     return fwd, t.cur - base, cached
 
 
@@ -124,7 +123,7 @@ def replay_step(spec: ModelSpec, train: TrainConfig, device: str, *, grad_scale:
     cos, sin = rotary_fwd(t, S)
     mask = eager_mask(S) if S.attn == "eager" else ZERO
     t.bulk(mask)
-    x = embedding_fwd(t, S)
+    x = embedding_fwd(t, S, leaf=L > 0 and roles[0].x_rg and not full)
     # Model.forward keeps `inputs_embeds` and `position_ids` (int64) referenced until it returns
     embeds = x
     t.hold(embeds)
@@ -173,11 +172,10 @@ def replay_step(spec: ModelSpec, train: TrainConfig, device: str, *, grad_scale:
             break
         if gc:
             r_out, run = layer_fwd(t, S, xin, role.x_rg, role.wt, save=True)
-            t.drop(r_out)
             t.clear_cache()
         g = layer_bwd(t, S, run, g, role.x_rg, role.wt)
         if gc:
-            t.drop(xin)
+            t.drop(xin, r_out)
         if j == L - 1 and bulk_ids:
             t.bulk(bulk_bwd)
         if g is None:

@@ -20,11 +20,12 @@ from planner.memory.terms import ZERO, Lin
 class Tape:
     """Running total of live bytes; named tensors with reference counts; candidate peaks."""
 
-    __slots__ = ("cur", "size", "refs", "candidates", "_n", "log", "cache")
+    __slots__ = ("cur", "size", "refs", "candidates", "_n", "log", "cache", "cache_leaf")
 
     def __init__(self, start: Lin = ZERO, log: list | None = None):
         self.log = log  # (event, total) pairs when debugging a recipe
         self.cache: list[str] = []  # tensors an autocast region caches until it exits
+        self.cache_leaf: str | None = None  # an input leaf the autograd graph keeps (head.embedding_fwd)
         self.cur = start
         self.size: dict[str, Lin] = {}
         self.refs: dict[str, int] = {}

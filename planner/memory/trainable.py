@@ -73,7 +73,9 @@ def _layer_tensors(spec: ModelSpec, layer: int) -> list[tuple[int, int]]:
         if lin.bias:
             out.append((lin.out_features, lin.per_layer))
     out.append((spec.hidden_size, spec.arch.norms_per_layer))
-    if spec.arch.qk_norm:
+    if spec.arch.qk_norm_full:  # OLMo-2: q_norm and k_norm span the whole projections
+        out += [(spec.num_heads * spec.head_dim, 1), (spec.num_kv_heads * spec.head_dim, 1)]
+    elif spec.arch.qk_norm:
         out.append((spec.head_dim, 2))
     if moe:
         out.append((spec.num_experts * spec.hidden_size, 1))  # router

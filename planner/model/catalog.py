@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ def load_models() -> tuple[ModelEntry, ...]:
                 raw["config"], name=raw["name"], hub_id=raw["hub_id"], source="catalog",
                 published_params=raw.get("published_params"), where=f"{where} ({raw['name']})",
             )
+            if raw.get("vision_params"):  # image-text checkpoints: the tower, counted once (a test checks it)
+                spec = dataclasses.replace(spec, vision_params=int(raw["vision_params"]))
             entries.append(ModelEntry(raw["name"], raw["hub_id"], tuple(raw.get("aliases") or ()), spec,
                                       doc.get("family", ""), where))
     return tuple(entries)

@@ -159,7 +159,9 @@ def count_params(spec: ModelSpec) -> ParamCounts:
     mlp = sum(x.numel for x in linears) - attention - experts
     moe_layers = len(spec.moe_layers)
     norms = L * spec.arch.norms_per_layer * h + h
-    if spec.arch.qk_norm:
+    if spec.arch.qk_norm_full:  # OLMo-2: over num_heads * head_dim and num_kv_heads * head_dim
+        norms += L * (spec.num_heads + spec.num_kv_heads) * spec.head_dim
+    elif spec.arch.qk_norm:
         norms += L * 2 * spec.head_dim
     return ParamCounts(
         embeddings=V * h,

@@ -31,6 +31,19 @@ class Arch:
     fused_qkv: bool = False  # Phi-3: one qkv_proj instead of q/k/v
     fused_gate_up: bool = False  # Phi-3, GLM: one gate_up_proj
     moe: str | None = None  # "mixtral" | "qwen2_moe" | "qwen3_moe"
+    # RMSNorm variant: "llama" (weight * x_hat.to(dtype)), "gemma" (x_hat * (1 + weight) in fp32, then
+    # type_as(x)), "olmo" ((weight * x_hat).to(dtype): the weight multiplies the fp32 x_hat)
+    norm: str = "llama"
+    pre_norms: bool = True  # input_layernorm before attention and MLP (OLMo-2: none)
+    post_norms: bool = False  # a norm on the attention and MLP outputs (Gemma-2/3, OLMo-2)
+    qk_norm_full: bool = False  # OLMo-2: q_norm / k_norm over the whole projection, not per head
+    embed_scale: bool = False  # Gemma: embeddings * sqrt(hidden_size), a new tensor
+    multipliers: bool = False  # Granite: embedding/residual multipliers and logits / logits_scaling
+    # (attn_logit_softcapping, final_logit_softcapping) when config.json leaves them out; None: never
+    softcap: tuple[float | None, float | None] | None = None
+    eager_masks: int = 1  # 4-D masks eager attention builds (Gemma-2/3: a full and a sliding one)
+    rope_fp32: bool = False  # OLMo-2: fp32 cos/sin, q/k rotated in fp32 then cast back (.to(q_type))
+    rope_per_layer_type: bool = False  # Gemma 3: one cos/sin pair per layer type (local and global theta)
     default_attn: str = "sdpa"
     counted_as: str | None = None  # remote-code families counted (and built in tests) as this transformers type
     lora_names: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -48,7 +61,29 @@ ARCHS: dict[str, Arch] = {
     "qwen3": Arch(qkv_bias="attention_bias", o_bias="attention_bias", qk_norm=True,
                   defaults=(("head_dim", 128),)),
     "gemma2": Arch(qkv_bias="attention_bias", o_bias="attention_bias", norms_per_layer=4, default_attn="eager",
+                   norm="gemma", post_norms=True, embed_scale=True, softcap=(50.0, 30.0), eager_masks=2,
                    defaults=(("head_dim", 256), ("tie_word_embeddings", True), ("sliding_window", 4096))),
+    # Gemma 1: Llama layout with Gemma's (1 + w) RMSNorm, scaled embeddings and GeGLU (same shapes)
+    "gemma": Arch(qkv_bias="attention_bias", o_bias="attention_bias", norm="gemma", embed_scale=True,
+                  defaults=(("head_dim", 256), ("tie_word_embeddings", True))),
+    # Gemma 3 language model: Gemma-2's four norms and q/k norms over head_dim, sliding layers interleaved
+    # with global ones (layer_types; no parameters of their own), soft-capping off unless configured
+    "gemma3_text": Arch(qkv_bias="attention_bias", o_bias="attention_bias", norms_per_layer=4, qk_norm=True,
+                        norm="gemma", post_norms=True, embed_scale=True, softcap=(None, None), eager_masks=2,
+                        rope_per_layer_type=True,
+                        # Gemma3TextConfig defaults: the 4B's text_config states none of these
+                        defaults=(("head_dim", 256), ("tie_word_embeddings", True), ("sliding_window", 4096),
+                                  ("vocab_size", 262208), ("num_attention_heads", 8), ("num_key_value_heads", 4),
+                                  ("max_position_embeddings", 131072), ("query_pre_attn_scalar", 256))),
+    # OLMo-2: no input norms; norms on the attention and MLP outputs; q/k norms over the whole projection
+    "olmo2": Arch(qkv_bias="attention_bias", o_bias="attention_bias", qk_norm=True, qk_norm_full=True,
+                  norm="olmo", pre_norms=False, post_norms=True, rope_fp32=True),
+    # Granite 3.x: Llama layout; scalar multipliers on the embeddings, the residual branches and the logits
+    "granite": Arch(qkv_bias="attention_bias", o_bias="attention_bias", mlp_bias="mlp_bias", multipliers=True),
+    # SmolLM3: Llama layout; every 4th layer skips the rotary (no_rope_layers: no parameters, and the
+    # same tensors saved for backward)
+    "smollm3": Arch(qkv_bias="attention_bias", o_bias="attention_bias", mlp_bias="mlp_bias",
+                    defaults=(("tie_word_embeddings", True),)),
     "phi3": Arch(fused_qkv=True, fused_gate_up=True,
                  lora_names=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
     "glm": Arch(qkv_bias="attention_bias", fused_gate_up=True,

@@ -30,6 +30,12 @@ TINY = {
                       shared_expert_intermediate_size=80, decoder_sparse_step=2, mlp_only_layers=[2]),
     "qwen3_moe": dict(SMALL, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32,
                       mlp_only_layers=[0]),
+    "gemma": dict(SMALL, head_dim=16),
+    "gemma3_text": dict(SMALL, head_dim=16, sliding_window=32),
+    "olmo2": dict(SMALL),
+    "olmo2-bias-tied": dict(SMALL, model_type="olmo2", attention_bias=True, tie_word_embeddings=True),
+    "granite": dict(SMALL, attention_bias=True, mlp_bias=True, embedding_multiplier=12.0, logits_scaling=8.0),
+    "smollm3": dict(SMALL, mlp_bias=True),
 }
 
 

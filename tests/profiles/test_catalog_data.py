@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from planner.hardware.gpu_spec import GpuSpec
+from planner.model.config_compat import language_config
 from planner.model.spec import ARCHS, ModelSpec
 
 PROFILES = importlib.resources.files("profiles")
@@ -22,7 +23,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 MIB = re.compile(r"(\d+)\s*MiB")
 
 MODEL_KEYS_REQUIRED = {"name", "hub_id", "config"}
-MODEL_KEYS_OPTIONAL = {"aliases", "published_params", "published_params_source", "published_params_exact"}
+MODEL_KEYS_OPTIONAL = {"aliases", "published_params", "published_params_source", "published_params_exact",
+                       "vision_params"}
 POSITIVE_INT_KEYS = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "head_dim", "vocab_size", "max_position_embeddings", "model_max_length", "original_max_position_embeddings",
@@ -110,9 +112,17 @@ def test_model_entry_schema(rel, entry):
         assert "published_params_source" not in entry and "published_params_exact" not in entry, where
 
 
+def _lm(entry) -> dict[str, Any]:
+    """The language model's keys (an image-text entry stores the wrapper with its text_config), with the
+    config-class defaults the family's Arch records for keys the file leaves out."""
+    lm, _ = language_config(entry["config"])
+    arch = ARCHS.get(lm.get("model_type"))
+    return {**dict(arch.defaults), **lm} if arch and "text_config" in entry["config"] else lm
+
+
 @pytest.mark.parametrize("rel,entry", MODEL_ENTRIES, ids=_ids(MODEL_ENTRIES))
 def test_model_config_values(rel, entry):
-    cfg, where = entry["config"], f"profiles/{rel}: {entry['name']}"
+    cfg, where = _lm(entry), f"profiles/{rel}: {entry['name']}"
     assert cfg.get("model_type") in ARCHS, f"{where}: model_type {cfg.get('model_type')!r}"
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
                 "torch_dtype"):
@@ -145,7 +155,7 @@ def test_model_config_values(rel, entry):
 
 @pytest.mark.parametrize("rel,entry", MODEL_ENTRIES, ids=_ids(MODEL_ENTRIES))
 def test_model_moe_keys_consistent(rel, entry):
-    cfg, where = entry["config"], f"profiles/{rel}: {entry['name']}"
+    cfg, where = _lm(entry), f"profiles/{rel}: {entry['name']}"
     moe = ARCHS[cfg["model_type"]].moe
     present = {k for k in MOE_KEYS if k in cfg}
     if moe is None:
@@ -170,8 +180,8 @@ def test_model_names_and_aliases_unique():
 
 @pytest.mark.parametrize("rel,entry", MODEL_ENTRIES, ids=_ids(MODEL_ENTRIES))
 def test_model_spec_accepts_entry(rel, entry):
-    cfg = entry["config"]
-    spec = ModelSpec.from_config(cfg, name=entry["name"], hub_id=entry["hub_id"],
+    cfg = _lm(entry)
+    spec = ModelSpec.from_config(entry["config"], name=entry["name"], hub_id=entry["hub_id"],
                                  published_params=entry.get("published_params"), where=f"profiles/{rel}")
     assert spec.num_layers == cfg["num_hidden_layers"] and spec.hidden_size == cfg["hidden_size"]
     assert spec.num_heads % spec.num_kv_heads == 0
@@ -261,6 +271,27 @@ def _meta_param_count(cfg: dict[str, Any]) -> int:
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
     return sum(p.numel() for p in model.parameters())
+
+
+IMAGE_TEXT = [(rel, entry) for rel, entry in MODEL_ENTRIES if "text_config" in entry["config"]]
+
+
+@pytest.mark.parametrize("rel,entry", IMAGE_TEXT, ids=_ids(IMAGE_TEXT))
+def test_image_text_entry_counts_the_whole_checkpoint(rel, entry):
+    """The language model (planned) plus vision_params (the frozen tower and projector) is every parameter
+    of the image-text model transformers builds from the stored config, as LLaMA-Factory loads it."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from planner.model.catalog import find_model
+    from planner.model.params import count_params
+
+    cfg = entry["config"]
+    hf_cfg = transformers.AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    with torch.device("meta"):
+        model = transformers.AutoModelForImageTextToText.from_config(hf_cfg)
+    spec = find_model(entry["name"]).spec
+    assert spec.multimodal == cfg["model_type"] and spec.vision_params == entry["vision_params"] > 0
+    assert count_params(spec).total + spec.vision_params == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("rel,entry", MODEL_ENTRIES, ids=_ids(MODEL_ENTRIES))

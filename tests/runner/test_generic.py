@@ -27,18 +27,18 @@ from planner.train_config import TrainConfig  # noqa: E402
 BASE = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
             pad_token_id=0, bos_token_id=1, eos_token_id=2)
 TINY = {
-    # dense, one layer kind
-    "olmo2": dict(BASE, model_type="olmo2", num_hidden_layers=4),
-    # interleaved sliding + global attention (5:1), two layer kinds
-    "gemma3_text": dict(BASE, model_type="gemma3_text", num_hidden_layers=6, head_dim=16, sliding_window=256),
+    # dense (OLMo-3: OLMo-2 layers with sliding-window layers interleaved; the window exceeds the rows)
+    "olmo3": dict(BASE, model_type="olmo3", num_hidden_layers=4),
+    # interleaved sliding + global attention (3:1), two layer kinds
+    "exaone4": dict(BASE, model_type="exaone4", num_hidden_layers=4, head_dim=16, sliding_window=256),
     # MoE with fused 3-D experts (peft wraps them and the router too)
     "olmoe": dict(BASE, model_type="olmoe", num_hidden_layers=3, intermediate_size=32, num_experts=4,
                   num_experts_per_tok=2),
 }
-# gemma3 full + checkpointing at batch 2 peaks in the recompute of a middle layer with most gradients
+# interleaved full + checkpointing at batch 2 peaks in the recompute of a middle layer with most gradients
 # alive: the per-layer backward windows (runner.generic_trace._windows) hold it (head and tail alone: -5%)
-CASES = [("olmo2", "lora", True), ("olmo2", "lora", False), ("olmo2", "full", False),
-         ("gemma3_text", "lora", False), ("gemma3_text", "full", True), ("olmoe", "lora", False)]
+CASES = [("olmo3", "lora", True), ("olmo3", "lora", False), ("olmo3", "full", False),
+         ("exaone4", "lora", False), ("exaone4", "full", True), ("olmoe", "lora", False)]
 
 
 def _folder(tmp_path, config: dict):
@@ -76,7 +76,7 @@ def test_generic_counts_and_lora_match_the_build(tmp_path):
 
 def test_second_plan_reads_the_cache_without_torch(tmp_path):
     (tmp_path / "m").mkdir()
-    folder = _folder(tmp_path / "m", TINY["olmo2"])
+    folder = _folder(tmp_path / "m", TINY["olmo3"])
     code = ("import sys\nfrom planner.cli import main\n"
             f"try:\n    main(['--model', {folder!r}, '--gpu', 'H100', '--fixed', '--method', 'lora', "
             "'--format', 'json'])\nexcept SystemExit:\n    pass\n"
@@ -96,8 +96,8 @@ def test_without_torch_one_message_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(generic, "stack_key", lambda: None)
     monkeypatch.setitem(sys.modules, "runner.generic", None)  # import fails as without the extra
     with pytest.raises(UserError) as err:
-        resolve_model(_folder(tmp_path, TINY["olmo2"]))
-    assert "vramplan[train]" in str(err.value) and "'olmo2'" in str(err.value)
+        resolve_model(_folder(tmp_path, TINY["olmo3"]))
+    assert "vramplan[train]" in str(err.value) and "'olmo3'" in str(err.value)
 
 
 def _cli(*args):
@@ -113,7 +113,7 @@ def test_remote_code_without_code_says_the_flag_exists(tmp_path):
 
 
 def test_config_transformers_rejects_gives_its_reason(tmp_path):
-    config = dict(TINY["olmo2"], rope_parameters={"rope_type": "bogus", "rope_theta": 10000.0})
+    config = dict(TINY["olmoe"], rope_parameters={"rope_type": "bogus", "rope_theta": 10000.0})
     code, err = _cli("--model", _folder(tmp_path, config), "--fixed")
     assert code == 2 and "transformers" in err and "bogus" in err and "Traceback" not in err
 
@@ -188,7 +188,7 @@ def test_kbit_gqa_traces_the_cuda_math_kernel_as_eager(tmp_path):
     planner.memory.shape.sdpa_falls_back_to_math); the CPU trace would not, so it runs eager."""
     from planner.memory.generic import activation_key
 
-    spec = resolve_model(_folder(tmp_path, TINY["olmo2"]))  # 4 heads, 2 KV heads
+    spec = resolve_model(_folder(tmp_path, TINY["olmo3"]))  # 4 heads, 2 KV heads
     qlora = TrainConfig(quantization_bit=4, trainer="peft")  # a trainer that runs peft's k-bit upcast
     assert activation_key(spec, qlora, "cuda")[0]["attn"] == "eager"
     assert activation_key(spec, qlora, "cuda")[0]["dtype"] == "fp32"
