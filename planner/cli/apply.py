@@ -11,12 +11,14 @@ Torch-free: `plan --help` and planning never import the runner.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from planner.errors import UserError
-from planner.exports.plan_file import PlanFile, parse_synthetic
+
+if TYPE_CHECKING:  # read when applying: `plan --help` does not load the plan-file code
+    from planner.exports.plan_file import PlanFile
 
 INITS = ("pretrained", "random")
 
@@ -71,6 +73,8 @@ def resolve_plan(params: dict[str, Any], plan: PlanFile | None = None) -> PlanFi
     """The plan to apply: the file given to --apply, else the one the planner just made."""
     path = params.get("apply")
     if path:
+        from planner.exports.plan_file import PlanFile
+
         return PlanFile.load(path)
     if plan is None:
         raise UserError("--apply: there is no plan to apply.",
@@ -80,6 +84,8 @@ def resolve_plan(params: dict[str, Any], plan: PlanFile | None = None) -> PlanFi
 
 def apply_kwargs(params: dict[str, Any], plan: PlanFile, *, console=None) -> dict[str, Any]:
     """Keyword arguments of runner.apply.apply_plan from the CLI parameters."""
+    from planner.exports.plan_file import parse_synthetic
+
     synthetic = params.get("synthetic_data")
     return {
         "out_dir": Path(params.get("out") or default_out_dir(plan)),
@@ -125,6 +131,8 @@ def worker_main(argv: list[str] | None = None) -> None:
     @click.option("--resume", hidden=True)
     @apply_options
     def cmd(plan_path, launched, resume, **params):
+        from planner.exports.plan_file import PlanFile
+
         plan = PlanFile.load(plan_path)
         kwargs = apply_kwargs(params, plan)
         sys.exit(apply_plan(plan, **kwargs, launched=launched, resume=resume))

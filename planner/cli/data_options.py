@@ -8,14 +8,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from planner.data.analysis import DataRequest
 from planner.data.formats import FORMATS
 from planner.data.templates import BUILTIN
 from planner.errors import UserError
+
+if TYPE_CHECKING:
+    from planner.data.analysis import DataRequest
 
 _OPTIONS = [
     click.option("--data", "data", multiple=True, metavar="PATH",
@@ -62,6 +64,8 @@ def data_request_from_options(opts: dict[str, Any]) -> DataRequest | None:
                                 f"Give --data FILE (or --data demo, or --dataset NAME), or drop {flag}.")
         return None
     percentile = opts.get("percentile")
+    from planner.data.analysis import DataRequest
+
     return DataRequest(
         data=data, dataset=dataset, dataset_dir=opts.get("dataset_dir"), format=opts.get("format_data"),
         template=opts.get("template"), tokenizer=opts.get("tokenizer"), trainer=_trainer(opts),

@@ -12,8 +12,24 @@ tokenizer_files (the tokenizer chain), encode + fastcount (exact counting), esti
 stats, cache, analysis (the pipeline), render (output). Its flags live in planner.cli.data_options.
 """
 
-from planner.data.analysis import DataRequest, EncodedSample, analyze, encode_records
-from planner.data.render import render_data, write_plot
-from planner.data.stats import DataStats
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+# Read on first use (PEP 562): importing one submodule (formats, for the --format-data choices in
+# `plan --help`) does not load the counting pipeline.
+_EXPORTS = {"DataRequest": "analysis", "EncodedSample": "analysis", "analyze": "analysis",
+            "encode_records": "analysis", "render_data": "render", "write_plot": "render", "DataStats": "stats"}
 __all__ = ["DataRequest", "DataStats", "EncodedSample", "analyze", "encode_records", "render_data", "write_plot"]
+
+if TYPE_CHECKING:
+    from planner.data.analysis import DataRequest, EncodedSample, analyze, encode_records
+    from planner.data.render import render_data, write_plot
+    from planner.data.stats import DataStats
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"planner.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'planner.data' has no attribute {name!r}")
